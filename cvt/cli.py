@@ -1,0 +1,59 @@
+"""The ``cvt`` command line: one sub-command per module in ``cvt.commands``.
+
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int`` and a one-line
+``HELP``; modules are imported only when their command runs, so ``cvt info`` never loads Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core import __version__
+
+# command name -> module in cvt.commands
+COMMANDS: dict[str, str] = {
+    "info": "info",
+    "simulate": "simulate",
+    "demo": "demo",
+}
+
+HELP: dict[str, str] = {
+    "info": "describe raw CCD files (instrument, detector, vendor, layout, compression)",
+    "simulate": "write a realistic simulated raw exposure (with a truth file)",
+    "demo": "simulate an LSSTCam exposure and show it",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvt", description="Camera Visualization Tool for the Rubin LSST Camera."
+    )
+    parser.add_argument("--version", action="version", version=f"cvt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        sub.add_parser(name, help=HELP[name], add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage or the error and exits
+        return 2
+    name = argv[0]
+    module = importlib.import_module(f"cvt.commands.{COMMANDS[name]}")
+    cmd = argparse.ArgumentParser(prog=f"cvt {name}", description=HELP[name])
+    module.add_arguments(cmd)
+    args = cmd.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
