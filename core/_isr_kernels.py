@@ -1,0 +1,172 @@
+"""Pure numba kernels of the instrument signature removal and the pyramid (no I/O, no config).
+
+Every kernel has a slow, obvious numpy twin in ``tests/core/reference.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core._jit import ngjit
+
+
+@ngjit
+def _quickselect(buf, n, k):
+    """k-th smallest of buf[:n] (buf is reordered)."""
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        pivot = buf[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = buf[i]
+                buf[i] = buf[j]
+                buf[j] = t
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return buf[k]
+    return buf[k]
+
+
+@ngjit
+def median_inplace(buf, n):
+    """Median of buf[:n] (buf is reordered); NaN when n == 0."""
+    if n == 0:
+        return np.nan
+    if n % 2 == 1:
+        return float(_quickselect(buf, n, n // 2))
+    a = float(_quickselect(buf, n, n // 2 - 1))
+    b = float(_quickselect(buf, n, n // 2))
+    return 0.5 * (a + b)
+
+
+@ngjit
+def robust_mean(values, buf, clip):
+    """Mean of the values within ``clip`` robust sigmas (1.4826 MAD, at least 1) of the median."""
+    n = values.shape[0]
+    for i in range(n):
+        buf[i] = values[i]
+    med = median_inplace(buf, n)
+    for i in range(n):
+        buf[i] = abs(values[i] - med)
+    sigma = 1.4826 * median_inplace(buf, n)
+    if sigma < 1.0:
+        sigma = 1.0
+    lim = clip * sigma
+    s = 0.0
+    c = 0
+    for i in range(n):
+        d = values[i] - med
+        if -lim <= d <= lim:
+            s += values[i]
+            c += 1
+    return s / c if c > 0 else med
+
+
+@ngjit
+def serial_overscan_rows(segments, ox0, ox1, clip, out):
+    """Per amp and raw row, the robust mean of the serial overscan columns [ox0, ox1)."""
+    n_amp, ny, _ = segments.shape
+    m = ox1 - ox0
+    vals = np.empty(m, dtype=np.float64)
+    buf = np.empty(m, dtype=np.float64)
+    for a in range(n_amp):
+        for y in range(ny):
+            for i in range(m):
+                vals[i] = segments[a, y, ox0 + i]
+            out[a, y] = robust_mean(vals, buf, clip)
+
+
+@ngjit
+def parallel_overscan_cols(segments, row_bias, x0, x1, py0, py1, clip, out):
+    """Per amp and data column, the robust mean of the parallel overscan rows [py0, py1),
+    after the serial (row) bias is removed."""
+    n_amp = segments.shape[0]
+    m = py1 - py0
+    vals = np.empty(m, dtype=np.float64)
+    buf = np.empty(m, dtype=np.float64)
+    for a in range(n_amp):
+        for u in range(x1 - x0):
+            for i in range(m):
+                vals[i] = segments[a, py0 + i, x0 + u] - np.rint(row_bias[a, py0 + i])
+            out[a, u] = robust_mean(vals, buf, clip)
+
+
+@ngjit
+def assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1,
+                       x_index, row, flip_x, flip_y, turns, out):
+    """Trim, subtract the rounded overscan bias, flip, place and rotate into the focal plane.
+
+    ``out[r, c]`` gets ``raw - rint(row_bias[a, y0 + v]) - rint(col_bias[a, u])`` of amp ``a``'s
+    data pixel (u, v); the CCD pixel (x, y) goes to the focal-plane-frame index by ``turns``
+    counter-clockwise quarter turns (row 0 at the bottom).
+    """
+    n_amp = segments.shape[0]
+    w = x1 - x0
+    h = y1 - y0
+    nx = w * 8
+    ny = h * (2 if n_amp == 16 else 1)
+    for a in range(n_amp):
+        for v in range(h):
+            b = np.int32(np.rint(row_bias[a, y0 + v]))
+            y = row[a] * h + (h - 1 - v if flip_y[a] else v)
+            for u in range(w):
+                val = segments[a, y0 + v, x0 + u] - b - np.int32(np.rint(col_bias[a, u]))
+                x = x_index[a] * w + (w - 1 - u if flip_x[a] else u)
+                if turns == 0:
+                    out[y, x] = val
+                elif turns == 1:
+                    out[x, ny - 1 - y] = val
+                elif turns == 2:
+                    out[ny - 1 - y, nx - 1 - x] = val
+                else:
+                    out[nx - 1 - x, y] = val
+
+
+@ngjit
+def downsample2(src, out):
+    """2 x 2 area mean ignoring NaN; odd edges average what they have; all-NaN gives NaN."""
+    ny, nx = src.shape
+    for j in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            s = 0.0
+            c = 0
+            for dj in range(2):
+                y = 2 * j + dj
+                if y >= ny:
+                    continue
+                for di in range(2):
+                    x = 2 * i + di
+                    if x >= nx:
+                        continue
+                    v = src[y, x]
+                    if v == v:
+                        s += v
+                        c += 1
+            out[j, i] = s / c if c > 0 else np.nan
+
+
+@ngjit
+def bin_sum(src, off_x, off_y, factor, sums, counts):
+    """Add src into factor x factor bins of a grid on which src's pixel (0, 0) sits at
+    (off_x, off_y) (0 <= off < factor); NaN pixels are skipped."""
+    ny, nx = src.shape
+    for y in range(ny):
+        by = (y + off_y) // factor
+        for x in range(nx):
+            v = src[y, x]
+            if v == v:
+                bx = (x + off_x) // factor
+                sums[by, bx] += v
+                counts[by, bx] += 1

@@ -1,0 +1,119 @@
+"""Instrument signature removal for display, and the per-detector pyramid.
+
+What the store keeps (``docs`` in the README, "The exposure format"):
+
+- ``row_bias[amp, raw_row]``: the robust mean of the serial overscan of that row (skipping the
+  first columns, which carry the deferred charge, and the last ones);
+- optionally ``col_bias[amp, data_col]``: the same over the parallel overscan rows;
+- level 0: ``raw - rint(row_bias) - rint(col_bias)`` as int32, trimmed, assembled by the rule in
+  ``core.layout`` and rotated into the focal-plane frame. This *is* the overscan-corrected value,
+  and the raw ADU is recovered exactly by adding the rounded biases back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from core import _isr_kernels as k
+from core.layout import AmpPlacement
+
+
+@dataclass(frozen=True)
+class IsrConfig:
+    """How the overscan is used. Defaults follow what camera engineers expect of a quick look."""
+
+    serial_skip_first: int = 3  # overscan columns next to the data carry deferred charge (CTI)
+    serial_skip_last: int = 2
+    parallel: bool = False  # per-column parallel-overscan correction as well
+    parallel_skip_first: int = 3
+    clip: float = 3.0  # robust-mean clip, in robust sigmas
+
+    def serial_columns(self, datasec: tuple[int, int, int, int], nx_raw: int) -> tuple[int, int]:
+        x1 = datasec[1]
+        ox0, ox1 = x1 + self.serial_skip_first, nx_raw - self.serial_skip_last
+        if ox1 - ox0 < 4:
+            raise ValueError(f"serial overscan too narrow: columns [{ox0}, {ox1}) of {nx_raw}")
+        return ox0, ox1
+
+
+def placement_arrays(placements: Sequence[AmpPlacement]):
+    """The placements as the four small arrays the kernels take."""
+    return (
+        np.array([p.x_index for p in placements], dtype=np.int64),
+        np.array([p.row for p in placements], dtype=np.int64),
+        np.array([p.flip_x for p in placements], dtype=np.bool_),
+        np.array([p.flip_y for p in placements], dtype=np.bool_),
+    )
+
+
+def overscan_bias(segments: np.ndarray, datasec: tuple[int, int, int, int],
+                  config: IsrConfig = IsrConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """(row_bias[amp, raw_row], col_bias[amp, data_col]) as float32; col_bias is 0 unless enabled."""
+    if segments.ndim != 3 or segments.dtype != np.int32:
+        raise ValueError(f"segments must be int32 (amp, row, col), got {segments.dtype} {segments.shape}")
+    n_amp, ny_raw, nx_raw = segments.shape
+    x0, x1, _, y1 = datasec
+    ox0, ox1 = config.serial_columns(datasec, nx_raw)
+    row_bias = np.empty((n_amp, ny_raw), dtype=np.float64)
+    k.serial_overscan_rows(segments, ox0, ox1, config.clip, row_bias)
+    col_bias = np.zeros((n_amp, x1 - x0), dtype=np.float64)
+    py0 = y1 + config.parallel_skip_first
+    if config.parallel and ny_raw - py0 >= 4:
+        k.parallel_overscan_cols(segments, row_bias, x0, x1, py0, ny_raw, config.clip, col_bias)
+    return row_bias.astype(np.float32), col_bias.astype(np.float32)
+
+
+def ccd_shape(datasec: tuple[int, int, int, int], n_amp: int) -> tuple[int, int]:
+    """(ny, nx) of the assembled CCD before rotation."""
+    x0, x1, y0, y1 = datasec
+    return (y1 - y0) * (2 if n_amp == 16 else 1), (x1 - x0) * 8
+
+
+def assemble_to_focal_plane(segments: np.ndarray, datasec: tuple[int, int, int, int],
+                            placements: Sequence[AmpPlacement], row_bias: np.ndarray,
+                            col_bias: np.ndarray, quarter_turns: int = 0) -> np.ndarray:
+    """Level 0: overscan-corrected int32 CCD, assembled and turned into the focal-plane frame."""
+    n_amp = segments.shape[0]
+    if n_amp != len(placements):
+        raise ValueError(f"{n_amp} segments but {len(placements)} amp placements")
+    ny, nx = ccd_shape(datasec, n_amp)
+    shape = (ny, nx) if quarter_turns % 2 == 0 else (nx, ny)
+    out = np.empty(shape, dtype=np.int32)
+    xi, ri, fx, fy = placement_arrays(placements)
+    x0, x1, y0, y1 = datasec
+    k.assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, xi, ri, fx, fy,
+                         quarter_turns % 4, out)
+    return out
+
+
+def downsample(image: np.ndarray) -> np.ndarray:
+    """One pyramid step: 2 x 2 area mean that ignores NaN, float32."""
+    ny, nx = image.shape
+    out = np.empty(((ny + 1) // 2, (nx + 1) // 2), dtype=np.float32)
+    k.downsample2(image, out)
+    return out
+
+
+def pyramid(level0: np.ndarray, min_size: int = 128) -> list[np.ndarray]:
+    """Levels 1, 1/2, 1/4, ... until the longer side is at most ``min_size`` pixels."""
+    levels = [level0]
+    while max(levels[-1].shape) > min_size:
+        levels.append(downsample(levels[-1]))
+    return levels
+
+
+def bin_onto_grid(image: np.ndarray, off_x: int, off_y: int, factor: int):
+    """Sums and counts of ``image`` in ``factor``-pixel bins of a grid on which its pixel (0, 0)
+    sits ``(off_x, off_y)`` pixels from a bin corner; the caller places the bins."""
+    if not (0 <= off_x < factor and 0 <= off_y < factor):
+        raise ValueError("offsets must lie within one bin")
+    ny, nx = image.shape
+    nby = (ny + off_y + factor - 1) // factor
+    nbx = (nx + off_x + factor - 1) // factor
+    sums = np.zeros((nby, nbx), dtype=np.float64)
+    counts = np.zeros((nby, nbx), dtype=np.int64)
+    k.bin_sum(image, off_x, off_y, factor, sums, counts)
+    return sums, counts

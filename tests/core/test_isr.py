@@ -1,0 +1,111 @@
+"""ISR and pyramid kernels against the slow numpy references in tests/core/reference.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import isr
+from core.layout import amp_placements
+from tests.core import reference as ref
+
+ITL = (3, 512, 0, 2000)
+E2V = (10, 522, 0, 2002)
+
+
+def fake_segments(rng, n_amp, datasec, ny=2048, nx=576, bias=25000.0, noise=5.0):
+    seg = rng.normal(bias, noise, (n_amp, ny, nx))
+    seg += rng.normal(0, 3, (n_amp, ny, 1))  # row-to-row bias wander, shared by data and overscan
+    x0, x1, y0, y1 = datasec
+    seg[:, y0:y1, x0:x1] += rng.uniform(0, 3000, (n_amp, y1 - y0, x1 - x0))
+    return np.rint(seg).astype(np.int32)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 17, 60, 64])
+def test_robust_mean_matches_reference(n):
+    rng = np.random.default_rng(n)
+    vals = rng.normal(100, 4, n).round()
+    if n > 4:
+        vals[0] = 5000.0  # a cosmic ray in the overscan
+    buf = np.empty(n)
+    from core._isr_kernels import robust_mean
+    assert robust_mean(vals, buf, 3.0) == pytest.approx(ref.robust_mean(vals), abs=1e-9)
+
+
+def test_serial_overscan_matches_reference_and_finds_the_bias():
+    rng = np.random.default_rng(3)
+    small = (3, 512, 0, 40)
+    seg = fake_segments(rng, 2, small, ny=64)
+    got, _ = isr.overscan_bias(seg, small)
+    ox0, ox1 = isr.IsrConfig().serial_columns(small, 576)
+    want = ref.serial_overscan_rows(seg, ox0, ox1)
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=0, atol=1e-3)
+    # the per-row wander is followed: residual of the data rows against the row bias is flat
+    assert abs(np.median(got) - 25000) < 1.5
+
+
+def test_constant_and_zero_amps_do_not_crash():
+    seg = np.zeros((16, 2048, 576), dtype=np.int32)
+    row, col = isr.overscan_bias(seg, ITL, isr.IsrConfig(parallel=True))
+    assert (row == 0).all() and (col == 0).all()
+
+
+@pytest.mark.parametrize(("vendor", "datasec", "n_amp"), [("ITL", ITL, 16), ("E2V", E2V, 16), ("ITL", ITL, 8)])
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_assembly_matches_reference(vendor, datasec, n_amp, turns):
+    rng = np.random.default_rng(turns)
+    seg = fake_segments(rng, n_amp, datasec)
+    row_bias, col_bias = isr.overscan_bias(seg, datasec)
+    got = isr.assemble_to_focal_plane(seg, datasec, amp_placements(vendor, n_amp), row_bias,
+                                      col_bias, turns)
+    want = ref.assemble(seg, datasec, vendor, row_bias)
+    want = np.rot90(want, turns, axes=(1, 0))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_raw_is_recovered_exactly_from_level0_and_bias():
+    """raw = level0 + rint(row_bias) + rint(col_bias), pixel for pixel."""
+    rng = np.random.default_rng(11)
+    seg = fake_segments(rng, 16, E2V)
+    row_bias, col_bias = isr.overscan_bias(seg, E2V, isr.IsrConfig(parallel=True))
+    assert np.abs(col_bias).max() > 0  # the parallel correction really ran
+    level0 = isr.assemble_to_focal_plane(seg, E2V, amp_placements("E2V"), row_bias, col_bias)
+    bias_img = ref.assemble(seg, E2V, "E2V") - level0
+    h = E2V[3]
+    c00 = bias_img[:h, :512]  # C00 of an E2V CCD is not flipped: rows are v, columns u
+    want = np.rint(row_bias[15, :h])[:, None] + np.rint(col_bias[15])[None, :]
+    np.testing.assert_array_equal(c00, want.astype(np.int64))
+    c17 = bias_img[h:, 7 * 512:]  # C17 is flipped in x and y
+    want = np.rint(row_bias[7, :h])[::-1, None] + np.rint(col_bias[7])[None, ::-1]
+    np.testing.assert_array_equal(c17, want.astype(np.int64))
+
+
+@pytest.mark.parametrize("shape", [(4000, 4072), (4004, 4096), (1001, 1024), (3, 5), (1, 1)])
+def test_downsample_matches_reference(shape):
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 1, shape).astype(np.float32)
+    if img.size > 10:
+        img.flat[::7] = np.nan
+    got = isr.downsample(img)
+    np.testing.assert_allclose(got, ref.downsample2(img.astype(np.float64)), rtol=1e-6, equal_nan=True)
+
+
+def test_pyramid_ends_near_128_and_keeps_the_mean():
+    img = np.random.default_rng(1).integers(0, 1000, (4000, 4072)).astype(np.int32)
+    levels = isr.pyramid(img)
+    assert [lv.shape for lv in levels][-1] == (125, 128)
+    assert len(levels) == 6
+    assert levels[1].mean() == pytest.approx(img.mean(), rel=1e-6)
+
+
+def test_bin_onto_grid_matches_a_plain_sum():
+    rng = np.random.default_rng(5)
+    img = rng.normal(0, 1, (37, 53))
+    img[3, 4] = np.nan
+    sums, counts = isr.bin_onto_grid(img, 5, 2, 16)
+    pad = np.full((counts.shape[0] * 16, counts.shape[1] * 16), np.nan)
+    pad[2:2 + 37, 5:5 + 53] = img
+    blocks = pad.reshape(counts.shape[0], 16, counts.shape[1], 16)
+    np.testing.assert_allclose(sums, np.nansum(blocks, axis=(1, 3)))
+    np.testing.assert_array_equal(counts, np.isfinite(blocks).sum(axis=(1, 3)))
