@@ -1,0 +1,475 @@
+"""The exposure format: one zarr v3 group per exposure. The one place that knows the layout.
+
+Writer side (used by ``core.ingest``) and reader side (``open_exposure``, used by the viewer,
+``cvt check`` and anyone's scripts) live together so they cannot disagree. The layout is
+documented for other implementers in the README ("The exposure format"); in short::
+
+    <OBSID>.zarr/                zarr.json: attributes["cvt"] (exposure), consolidated metadata
+      overview/                  OME-NGFF multiscales: the whole focal plane, 1/16 .. 1/128
+      detectors/<R22_S11>/       OME-NGFF multiscales: levels 0 .. n of one CCD, focal-plane frame
+        isr/row_bias, isr/col_bias, isr/prescan, isr/serial_overscan, isr/parallel_overscan
+        header                   uint8: JSON of the raw file's primary and segment headers
+      metrics/<column>           per-amp metrics, a columnar table (rows: detector-major amps)
+      sources/<column>           detected sources, a columnar catalog
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import zarr
+
+from core import __version__
+from core.zarrio import Writer
+
+FORMAT_VERSION = 1
+LEVEL_CHUNK = 512
+OVERVIEW_FACTORS = (16, 32, 64, 128)
+PIXEL_UM = 10.0  # focal-plane pixel size in micrometres (NGFF unit)
+
+
+class ExposureError(Exception):
+    """A problem with an exposure store; the message names the store and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What the ingest makes of one CCD
+
+
+@dataclass
+class DetectorProduct:
+    """One CCD after ISR: the pyramid, the overscan kept for display and for exact raw recovery,
+    and the facts needed to place it. Produced in a worker, written by ``write_detector``."""
+
+    name: str
+    id: int
+    kind: str
+    vendor: str
+    physical_type: str
+    raw_file: str
+    origin: tuple[float, float]  # focal-plane pixel edge of level-0 pixel (0, 0): (x, y)
+    quarter_turns: int
+    ccd_shape: tuple[int, int]  # (ny, nx) before rotation
+    datasec: tuple[int, int, int, int]  # zero-based half-open x0, x1, y0, y1 of the raw segments
+    raw_shape: tuple[int, int]  # (ny, nx) of a raw segment
+    amps: list[dict]  # name, x0, y0, nx, ny, flip_x, flip_y in the CCD frame
+    levels: list[np.ndarray]
+    row_bias: np.ndarray
+    col_bias: np.ndarray
+    prescan: np.ndarray
+    serial_overscan: np.ndarray
+    parallel_overscan: np.ndarray
+    headers: dict  # {"primary": text, "segments": {EXTNAME: text}}
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def attrs(self) -> dict:
+        return {
+            "name": self.name, "id": self.id, "kind": self.kind, "vendor": self.vendor,
+            "physical_type": self.physical_type, "raw_file": self.raw_file,
+            "origin": list(self.origin), "quarter_turns": self.quarter_turns,
+            "ccd_shape": list(self.ccd_shape), "datasec": list(self.datasec),
+            "raw_shape": list(self.raw_shape), "amps": self.amps,
+            "level_shapes": [list(lv.shape) for lv in self.levels],
+        }
+
+
+def ngff_multiscales(name: str, origin: tuple[float, float], n_levels: int,
+                     base_scale: float = 1.0) -> dict:
+    """OME-NGFF 0.5 ``ome`` attributes placing a pyramid in focal-plane micrometres.
+
+    Level ``l`` pixel ``(row, col)`` covers focal-plane pixels ``origin + s * (col, row)`` to
+    ``+ s`` with ``s = base_scale * 2**l``; NGFF maps indices to pixel centres, hence the ``s/2``.
+    """
+    datasets = []
+    for level in range(n_levels):
+        s = base_scale * 2**level
+        datasets.append({
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [s * PIXEL_UM, s * PIXEL_UM]},
+                {"type": "translation", "translation": [(origin[1] + s / 2) * PIXEL_UM,
+                                                        (origin[0] + s / 2) * PIXEL_UM]},
+            ],
+        })
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                     {"name": "x", "type": "space", "unit": "micrometer"}],
+            "datasets": datasets,
+            "type": "mean",
+        }],
+    }
+
+
+def write_detector(writer: Writer, p: DetectorProduct) -> None:
+    """Write one detector's group (safe to call from worker processes: disjoint paths)."""
+    base = f"detectors/{p.name}"
+    writer.group(base, {"ome": ngff_multiscales(p.name, p.origin, len(p.levels)),
+                        "cvt": p.attrs})
+    for level, data in enumerate(p.levels):
+        writer.array(f"{base}/{level}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"])
+    writer.group(f"{base}/isr", {"description": "overscan kept for display and exact raw recovery"})
+    writer.array(f"{base}/isr/row_bias", p.row_bias)
+    writer.array(f"{base}/isr/col_bias", p.col_bias)
+    writer.array(f"{base}/isr/prescan", p.prescan)
+    writer.array(f"{base}/isr/serial_overscan", p.serial_overscan)
+    writer.array(f"{base}/isr/parallel_overscan", p.parallel_overscan)
+    text = json.dumps(p.headers).encode()
+    writer.array(f"{base}/header", np.frombuffer(text, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# The overview: the whole focal plane in single arrays
+
+
+@dataclass
+class OverviewGrid:
+    """A focal-plane grid of ``OVERVIEW_FACTORS[0]``-pixel bins, anchored on a multiple of the
+    coarsest factor so that every overview level lines up with the others."""
+
+    x0: int
+    y0: int
+    nx: int
+    ny: int
+    sums: np.ndarray = field(repr=False, default=None)
+    counts: np.ndarray = field(repr=False, default=None)
+
+    @classmethod
+    def for_bounds(cls, bounds: tuple[float, float, float, float]) -> OverviewGrid:
+        coarse, fine = OVERVIEW_FACTORS[-1], OVERVIEW_FACTORS[0]
+        x0 = math.floor(bounds[0] / coarse) * coarse
+        y0 = math.floor(bounds[1] / coarse) * coarse
+        nx = math.ceil((math.ceil(bounds[2]) - x0) / coarse) * coarse // fine
+        ny = math.ceil((math.ceil(bounds[3]) - y0) / coarse) * coarse // fine
+        return cls(x0, y0, nx, ny, np.zeros((ny, nx)), np.zeros((ny, nx), dtype=np.int64))
+
+    def placement(self, origin: tuple[float, float]) -> tuple[int, int, int, int]:
+        """(bin x, bin y, offset x, offset y) of a detector whose level 0 starts at ``origin``."""
+        f = OVERVIEW_FACTORS[0]
+        ox = round(origin[0]) - self.x0
+        oy = round(origin[1]) - self.y0
+        return ox // f, oy // f, ox % f, oy % f
+
+    def add(self, bx: int, by: int, sums: np.ndarray, counts: np.ndarray) -> None:
+        h, w = sums.shape
+        self.sums[by:by + h, bx:bx + w] += sums
+        self.counts[by:by + h, bx:bx + w] += counts
+
+    def levels(self) -> list[np.ndarray]:
+        sums, counts = self.sums, self.counts
+        out = []
+        for i, _ in enumerate(OVERVIEW_FACTORS):
+            if i:
+                h, w = sums.shape
+                sums = sums.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
+                counts = counts.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32))
+        return out
+
+
+def write_overview(writer: Writer, grid: OverviewGrid) -> None:
+    levels = grid.levels()
+    origin = (float(grid.x0), float(grid.y0))
+    writer.group("overview", {
+        "ome": ngff_multiscales("focal plane", origin, len(levels), base_scale=OVERVIEW_FACTORS[0]),
+        "cvt": {"origin": list(origin), "factors": list(OVERVIEW_FACTORS),
+                "level_shapes": [list(lv.shape) for lv in levels]},
+    })
+    for i, data in enumerate(levels):
+        writer.array(f"overview/{i}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"])
+
+
+def write_table(writer: Writer, name: str, columns: dict[str, np.ndarray],
+                attributes: dict | None = None) -> None:
+    """A columnar table: one 1-D array per column, all the same length. Strings are stored as
+    fixed-width UTF-32 arrays would not read everywhere, so they go in as int codes with the
+    names in the group's ``categories`` attribute."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"table {name}: columns of different lengths {lengths}")
+    categories = {}
+    writer_cols = {}
+    for col, values in columns.items():
+        values = np.asarray(values)
+        if values.dtype.kind in "US":
+            names, codes = np.unique(values, return_inverse=True)
+            categories[col] = names.tolist()
+            values = codes.astype(np.int32)
+        writer_cols[col] = values
+    attrs = dict(attributes or {})
+    attrs.update({"columns": list(columns), "categories": categories,
+                  "n_rows": lengths.pop() if lengths else 0})
+    writer.group(name, {"cvt": attrs})
+    for col, values in writer_cols.items():
+        writer.array(f"{name}/{col}", values, (1 << 20,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Publication
+
+
+class ExposureBuilder:
+    """Writes one exposure into a hidden folder of the repository and publishes it atomically
+    by a rename: a reader sees either nothing or the whole, complete exposure."""
+
+    def __init__(self, repo: str | os.PathLike, obsid: str, replace: bool = False):
+        self.repo = Path(repo)
+        self.obsid = obsid
+        self.final = self.repo / f"{obsid}.zarr"
+        if self.final.exists() and not replace:
+            raise ExposureError(
+                f"{self.final}: exposure {obsid} is already in the repository "
+                "(exposures are written once; pass --replace to write it again)"
+            )
+        self.repo.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.repo / f".{obsid}.zarr.partial-{uuid.uuid4().hex[:8]}"
+        self.writer = Writer(str(self.tmp))
+        self.writer.group("", {"cvt": {"obsid": obsid, "complete": False}})
+        self.writer.group("detectors")
+
+    def publish(self, attributes: dict, nodes: dict[str, dict]) -> Path:
+        self.writer.consolidate({"cvt": attributes}, nodes)
+        if self.final.exists():
+            trash = self.repo / f".{self.obsid}.zarr.replaced-{uuid.uuid4().hex[:8]}"
+            os.rename(self.final, trash)
+            os.rename(self.tmp, self.final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.final)
+        return self.final
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def exposure_attributes(**kw) -> dict:
+    """The exposure's group attributes, with the format and software versions stamped in."""
+    out = {"format": "cvt-exposure", "format_version": FORMAT_VERSION, "software_version": __version__,
+           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out.update(kw)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def _store_for(url: str | os.PathLike):
+    url = os.fspath(url)
+    if "://" in url and not url.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(url, read_only=True)
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return zarr.storage.LocalStore(path, read_only=True)
+
+
+class DetectorImage:
+    """One detector of an exposure: pyramid levels (zarr arrays), placement, ISR arrays."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        a = group.attrs["cvt"]
+        self.attrs = a
+        self.name: str = a["name"]
+        self.id: int = a["id"]
+        self.origin: tuple[float, float] = tuple(a["origin"])
+        self.quarter_turns: int = a["quarter_turns"]
+        self.ccd_shape: tuple[int, int] = tuple(a["ccd_shape"])
+        self.level_shapes: list[tuple[int, int]] = [tuple(s) for s in a["level_shapes"]]
+        self.amps: list[dict] = a["amps"]
+
+    def __repr__(self) -> str:
+        return f"DetectorImage({self.name}, levels={len(self.level_shapes)})"
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.level_shapes)
+
+    def level(self, i: int) -> zarr.Array:
+        return self.group[str(i)]
+
+    def ccd_to_array(self, x, y):
+        """CCD pixel (x, y) to level-0 array (row, col), through the quarter turns."""
+        ny, nx = self.ccd_shape
+        x = np.asarray(x)
+        y = np.asarray(y)
+        t = self.quarter_turns
+        if t == 0:
+            return y, x
+        if t == 1:
+            return x, ny - 1 - y
+        if t == 2:
+            return ny - 1 - y, nx - 1 - x
+        return nx - 1 - x, y
+
+    def array_to_ccd(self, row, col):
+        """Level-0 array (row, col) to CCD pixel (x, y)."""
+        ny, nx = self.ccd_shape
+        row = np.asarray(row)
+        col = np.asarray(col)
+        t = self.quarter_turns
+        if t == 0:
+            return col, row
+        if t == 1:
+            return row, ny - 1 - col
+        if t == 2:
+            return nx - 1 - col, ny - 1 - row
+        return nx - 1 - row, col
+
+    def locate_amp(self, x: int, y: int) -> tuple[int, int, int] | None:
+        """(amp index, u, v) of CCD pixel (x, y); u, v count in readout order."""
+        for i, a in enumerate(self.amps):
+            if a["x0"] <= x < a["x0"] + a["nx"] and a["y0"] <= y < a["y0"] + a["ny"]:
+                u = x - a["x0"]
+                v = y - a["y0"]
+                return i, (a["nx"] - 1 - u if a["flip_x"] else u), (a["ny"] - 1 - v if a["flip_y"] else v)
+        return None
+
+    @cached_property
+    def row_bias(self) -> np.ndarray:
+        return self.group["isr/row_bias"][:]
+
+    @cached_property
+    def col_bias(self) -> np.ndarray:
+        return self.group["isr/col_bias"][:]
+
+    def pixel(self, row: int, col: int) -> dict:
+        """Exact values of one level-0 pixel: corrected (as stored) and raw ADU."""
+        corrected = int(self.level(0)[row, col])
+        x, y = self.array_to_ccd(row, col)
+        loc = self.locate_amp(int(x), int(y))
+        out = {"corrected": corrected, "ccd_x": int(x), "ccd_y": int(y), "raw": None, "amp": None}
+        if loc is not None:
+            a, u, v = loc
+            y0 = self.attrs["datasec"][2]
+            bias = int(np.rint(self.row_bias[a, y0 + v])) + int(np.rint(self.col_bias[a, u]))
+            out.update(raw=corrected + bias, amp=self.amps[a]["name"], amp_u=int(u), amp_v=int(v))
+        return out
+
+    def bias_image(self) -> np.ndarray:
+        """The rounded biases that level 0 had removed, in the level-0 frame: raw = level0 + this."""
+        ny, nx = self.ccd_shape
+        x0, x1, y0, y1 = self.attrs["datasec"]
+        ccd = np.zeros((ny, nx), dtype=np.int32)
+        for i, a in enumerate(self.amps):
+            block = (np.rint(self.row_bias[i, y0:y1])[:, None]
+                     + np.rint(self.col_bias[i])[None, :]).astype(np.int32)
+            if a["flip_x"]:
+                block = block[:, ::-1]
+            if a["flip_y"]:
+                block = block[::-1, :]
+            ccd[a["y0"]:a["y0"] + a["ny"], a["x0"]:a["x0"] + a["nx"]] = block
+        return np.rot90(ccd, self.quarter_turns, axes=(1, 0))
+
+    def raw_segments(self) -> np.ndarray:
+        """The raw file's segments, rebuilt exactly from level 0, the biases and the overscan."""
+        x0, x1, y0, y1 = self.attrs["datasec"]
+        ny_raw, nx_raw = self.attrs["raw_shape"]
+        level0 = self.level(0)[:]
+        # back to the unrotated CCD frame
+        ccd = np.rot90(level0, -self.quarter_turns, axes=(1, 0))
+        n = len(self.amps)
+        out = np.empty((n, ny_raw, nx_raw), dtype=np.int32)
+        out[:, :y1, :x0] = self.group["isr/prescan"][:]
+        out[:, :, x1:] = self.group["isr/serial_overscan"][:]
+        out[:, y1:, :x1] = self.group["isr/parallel_overscan"][:]
+        for i, a in enumerate(self.amps):
+            data = ccd[a["y0"]:a["y0"] + a["ny"], a["x0"]:a["x0"] + a["nx"]]
+            if a["flip_x"]:
+                data = data[:, ::-1]
+            if a["flip_y"]:
+                data = data[::-1, :]
+            bias = (np.rint(self.row_bias[i, y0:y1])[:, None] + np.rint(self.col_bias[i])[None, :])
+            out[i, y0:y1, x0:x1] = data + bias.astype(np.int32)
+        return out
+
+    def headers(self) -> dict:
+        return json.loads(bytes(self.group["header"][:]).decode())
+
+
+class Exposure:
+    """An exposure store opened for reading, from a path or any fsspec URL (one request)."""
+
+    def __init__(self, url: str | os.PathLike):
+        self.url = os.fspath(url)
+        try:
+            self.root = zarr.open_group(_store_for(self.url), mode="r", use_consolidated=True)
+            attrs = self.root.attrs.asdict()
+        except Exception as exc:  # zarr raises several types for a missing or broken store
+            raise ExposureError(f"{self.url}: not a readable exposure store ({exc})") from exc
+        if "cvt" not in attrs:
+            raise ExposureError(f"{self.url}: a zarr group, but not a CVT exposure")
+        self.attrs: dict = attrs["cvt"]
+        if self.attrs.get("format_version", 0) > FORMAT_VERSION:
+            raise ExposureError(f"{self.url}: written by a newer CVT (format "
+                                f"{self.attrs['format_version']} > {FORMAT_VERSION})")
+
+    def __repr__(self) -> str:
+        return f"Exposure({self.obsid}, {len(self.detector_names)} detectors)"
+
+    @property
+    def obsid(self) -> str:
+        return self.attrs["obsid"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def detector_names(self) -> list[str]:
+        return list(self.attrs.get("detectors", []))
+
+    def detector(self, name: str) -> DetectorImage:
+        if name not in self.detector_names:
+            raise KeyError(f"{self.obsid} has no detector {name!r}")
+        return DetectorImage(self.root[f"detectors/{name}"])
+
+    def overview_level(self, i: int) -> zarr.Array:
+        return self.root[f"overview/{i}"]
+
+    @property
+    def overview_attrs(self) -> dict:
+        return self.root["overview"].attrs["cvt"]
+
+    def table(self, name: str) -> dict[str, np.ndarray]:
+        """A columnar table (``metrics`` or ``sources``) as a dict of numpy columns; category
+        columns come back as string arrays."""
+        if name not in self.root:
+            return {}
+        g = self.root[name]
+        attrs = g.attrs["cvt"]
+        out = {}
+        for col in attrs["columns"]:
+            values = g[col][:]
+            if col in attrs["categories"]:
+                values = np.asarray(attrs["categories"][col], dtype=object)[values] if len(values) else values.astype(object)
+            out[col] = values
+        return out
+
+
+def open_exposure(url: str | os.PathLike) -> Exposure:
+    return Exposure(url)
+
+
+def list_exposures(repo: str | os.PathLike) -> list[str]:
+    """The published exposures of a repository (folder or fsspec URL), sorted by name."""
+    fs, root = fsspec.core.url_to_fs(os.fspath(repo))
+    names = []
+    for entry in fs.ls(root, detail=False):
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(".zarr") and not base.startswith("."):
+            names.append(base[: -len(".zarr")])
+    return sorted(names)

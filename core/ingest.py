@@ -1,0 +1,300 @@
+"""Raw CCD files to exposure stores: group by exposure, one task per CCD, publish atomically.
+
+A bad CCD file never stops an exposure: its failure is recorded in the exposure's attributes
+(file and reason) and the other CCDs go on. Memory is bounded: at most ``2 * workers`` CCDs are
+in flight whatever the size of the exposure.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core import isr
+from core.camera import Camera, load_camera
+from core.exposure import (
+    DetectorProduct,
+    ExposureBuilder,
+    ExposureError,
+    OverviewGrid,
+    exposure_attributes,
+    write_detector,
+    write_overview,
+)
+from core.rawfile import RawCCD, RawFileError, RawInfo, read_raw, read_raw_header
+from core.zarrio import Writer
+
+FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fz", ".fits.fz")
+
+
+@dataclass
+class CcdResult:
+    """What a worker sends back: small things only (the pixels are already on disk)."""
+
+    path: str
+    detector: str | None = None
+    error: str | None = None
+    nodes: dict = field(default_factory=dict)
+    overview: tuple | None = None  # (bx, by, sums, counts)
+    timings: dict = field(default_factory=dict)
+    raw_bytes: int = 0
+
+
+@dataclass
+class ExposureReport:
+    obsid: str
+    path: Path | None
+    detectors: list[str]
+    failures: list[dict]
+    seconds: float
+    raw_bytes: int = 0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.path is not None
+
+
+def detector_placement(raw_shape_fp: tuple[int, int], det, quarter_turns: int):
+    """Lower-left focal-plane pixel edge of a CCD image of ``raw_shape_fp`` (rows, cols, already
+    turned into the focal-plane frame). A file whose CCD has the camera's size sits exactly on
+    the camera geometry; one that differs (an ITL CCD in a test bench slot of an E2V raft) is
+    centred on the slot."""
+    xmin, ymin, xmax, ymax = det.fp_bounds
+    h, w = raw_shape_fp
+    if math.isclose(xmax - xmin, w) and math.isclose(ymax - ymin, h):
+        return (xmin, ymin)
+    cx, cy = 0.5 * (xmin + xmax), 0.5 * (ymin + ymax)
+    return (cx - w / 2, cy - h / 2)
+
+
+def process_ccd(raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConfig()) -> DetectorProduct:
+    """ISR, assembly into the focal-plane frame, and the pyramid of one CCD (pure compute)."""
+    t0 = time.perf_counter()
+    det = camera.detector(raw.info.detector)
+    seg = raw.segments
+    row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config)
+    t1 = time.perf_counter()
+    level0 = isr.assemble_to_focal_plane(seg, raw.datasec, raw.placements, row_bias, col_bias,
+                                         det.quarter_turns)
+    t2 = time.perf_counter()
+    levels = isr.pyramid(level0)
+    t3 = time.perf_counter()
+    x0, x1, y0, y1 = raw.datasec
+    if y0 != 0:
+        raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
+    ccd_shape = isr.ccd_shape(raw.datasec, seg.shape[0])
+    w, h = x1 - x0, y1 - y0
+    amps = [{"name": p.name, "x0": p.x_index * w, "y0": p.row * h, "nx": w, "ny": h,
+             "flip_x": p.flip_x, "flip_y": p.flip_y} for p in raw.placements]
+    headers = {"primary": raw.info.primary_header.tostring(sep="\n"),
+               "segments": {p.extname: h_.tostring(sep="\n")
+                            for p, h_ in zip(raw.placements, raw.segment_headers)}}
+    product = DetectorProduct(
+        name=det.name, id=det.id, kind=det.kind, vendor=raw.info.vendor,
+        physical_type=det.physical_type, raw_file=os.path.basename(raw.path),
+        origin=detector_placement(level0.shape, det, det.quarter_turns),
+        quarter_turns=det.quarter_turns, ccd_shape=ccd_shape, datasec=raw.datasec,
+        raw_shape=(seg.shape[1], seg.shape[2]), amps=amps, levels=levels,
+        row_bias=row_bias, col_bias=col_bias,
+        prescan=seg[:, :y1, :x0], serial_overscan=seg[:, :, x1:], parallel_overscan=seg[:, y1:, :x1],
+        headers=headers,
+    )
+    product.timings = {"overscan": t1 - t0, "assemble": t2 - t1, "pyramid": t3 - t2}
+    return product
+
+
+def _ingest_ccd(path: str, camera_name: str, tmp_root: str, grid_origin: tuple[int, int],
+                config: isr.IsrConfig) -> CcdResult:
+    """One task: read, process, write this CCD's arrays into the partial exposure."""
+    result = CcdResult(path=path)
+    try:
+        t0 = time.perf_counter()
+        raw = read_raw(path)
+        t1 = time.perf_counter()
+        result.raw_bytes = raw.segments.nbytes
+        camera = load_camera(camera_name)
+        product = process_ccd(raw, camera, config)
+        t2 = time.perf_counter()
+        writer = Writer(tmp_root)
+        write_detector(writer, product)
+        t3 = time.perf_counter()
+        grid = OverviewGrid(grid_origin[0], grid_origin[1], 0, 0)
+        bx, by, ox, oy = grid.placement(product.origin)
+        sums, counts = isr.bin_onto_grid(product.levels[0], ox, oy, 16)
+        result.overview = (bx, by, sums.astype(np.float64), counts)
+        result.detector = product.name
+        result.nodes = writer.nodes
+        result.timings = {"read": t1 - t0, **product.timings, "process": t2 - t1, "write": t3 - t2,
+                          "overview": time.perf_counter() - t3}
+    except (RawFileError, KeyError, ValueError, OSError) as exc:
+        result.error = str(exc) if isinstance(exc, RawFileError) else f"{path}: {exc}"
+    return result
+
+
+def find_raw_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Files named like FITS under the given files and folders (recursively), sorted."""
+    out = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.name.lower().endswith(FITS_SUFFIXES))
+        else:
+            out.append(str(p))
+    return out
+
+
+def group_by_exposure(paths: Iterable[str]) -> tuple[dict[str, list[RawInfo]], list[dict]]:
+    """{OBSID: [RawInfo, ...]} from headers alone, and the files that could not be identified."""
+    groups: dict[str, list[RawInfo]] = {}
+    failures = []
+    for path in paths:
+        try:
+            info = read_raw_header(path)
+        except RawFileError as exc:
+            failures.append({"file": str(path), "reason": exc.reason})
+            continue
+        groups.setdefault(info.obsid, []).append(info)
+    return groups, failures
+
+
+def _airmass(primary) -> float | None:
+    el = primary.get("ELSTART")
+    try:
+        el = float(el)
+    except (TypeError, ValueError):
+        return None
+    if not 5.0 < el <= 90.0:
+        return None
+    # Pickering (2002): good to the horizon, unlike the plain secant
+    h = el
+    return float(1.0 / math.sin(math.radians(h + 244.0 / (165.0 + 47.0 * h**1.1))))
+
+
+def exposure_summary(infos: list[RawInfo]) -> dict:
+    first = infos[0]
+    return {
+        "obsid": first.obsid, "instrument": first.instrument, "camera": first.camera,
+        "dayobs": first.dayobs, "seqnum": first.seqnum, "image_type": first.image_type,
+        "exposure_time": first.exposure_time, "mjd": first.mjd, "filter": first.filter,
+        "airmass": _airmass(first.primary_header),
+        "date_obs": first.primary_header.get("DATE-OBS"),
+    }
+
+
+def ingest_exposure(obsid: str, infos: list[RawInfo], repo: str | os.PathLike, *,
+                    replace: bool = False, workers: int | None = None,
+                    config: isr.IsrConfig = isr.IsrConfig(),
+                    progress: Callable[[str, int, int], None] | None = None,
+                    executor=None) -> ExposureReport:
+    """Ingest the CCD files of one exposure and publish it (atomically) in ``repo``."""
+    t_start = time.perf_counter()
+    camera = load_camera(infos[0].camera)
+    builder = ExposureBuilder(repo, obsid, replace=replace)
+    grid = OverviewGrid.for_bounds(camera.fp_bounds)
+    nodes: dict[str, dict] = {}
+    detectors: list[str] = []
+    failures: list[dict] = []
+    timings: dict[str, float] = {}
+    raw_bytes = 0
+    seen: dict[str, str] = {}
+    paths = []
+    for info in infos:
+        if info.detector in seen:
+            failures.append({"file": info.path, "reason": f"duplicate of {seen[info.detector]} for {info.detector}"})
+        else:
+            seen[info.detector] = info.path
+            paths.append(info.path)
+    args = (camera.name, str(builder.tmp), (grid.x0, grid.y0), config)
+
+    def collect(res: CcdResult) -> None:
+        nonlocal raw_bytes
+        if res.error:
+            failures.append({"file": res.path, "reason": res.error})
+        else:
+            detectors.append(res.detector)
+            nodes.update(res.nodes)
+            grid.add(*res.overview)
+            raw_bytes += res.raw_bytes
+            for key, value in res.timings.items():
+                timings[key] = timings.get(key, 0.0) + value
+        if progress:
+            progress(obsid, len(detectors) + len(failures), len(infos))
+
+    try:
+        if executor is None:
+            for path in paths:
+                collect(_ingest_ccd(path, *args))
+        else:
+            in_flight = set()
+            limit = 2 * max(1, getattr(executor, "_max_workers", 2))
+            for path in paths:
+                while len(in_flight) >= limit:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        collect(f.result())
+                in_flight.add(executor.submit(_ingest_ccd, path, *args))
+            for f in in_flight:
+                collect(f.result())
+        if not detectors:
+            raise ExposureError(f"{obsid}: no CCD of the exposure could be read")
+        t0 = time.perf_counter()
+        writer = builder.writer
+        write_overview(writer, grid)
+        nodes.update(writer.nodes)
+        timings["overview_write"] = time.perf_counter() - t0
+        expected = [d.name for d in camera.detectors]
+        detectors.sort(key=lambda n: camera.index(n))
+        timings["wall"] = time.perf_counter() - t_start
+        attrs = exposure_attributes(
+            **exposure_summary(infos), complete=True, detectors=detectors,
+            detectors_expected=len(expected),
+            detectors_missing=[n for n in expected if n not in set(detectors)],
+            failures=failures,
+            ingest={"seconds": timings["wall"], "ccds": len(detectors),
+                    "raw_bytes": raw_bytes,
+                    "cpu_seconds": {k: round(v, 4) for k, v in timings.items() if k != "wall"}},
+        )
+        path = builder.publish(attrs, nodes)
+    except BaseException:
+        builder.abandon()
+        raise
+    return ExposureReport(obsid, path, detectors, failures, time.perf_counter() - t_start,
+                          raw_bytes, timings)
+
+
+def ingest(inputs: Iterable[str | os.PathLike], repo: str | os.PathLike, *, replace: bool = False,
+           workers: int | None = None, config: isr.IsrConfig = isr.IsrConfig(),
+           progress: Callable[[str, int, int], None] | None = None) -> tuple[list[ExposureReport], list[dict]]:
+    """Ingest every exposure found in ``inputs`` (files and folders) into ``repo``.
+
+    Returns the per-exposure reports and the files that could not even be identified.
+    ``workers`` defaults to the number of cores; 1 runs in this process.
+    """
+    files = find_raw_files(inputs)
+    groups, unreadable = group_by_exposure(files)
+    workers = workers or os.cpu_count() or 1
+    reports = []
+    executor = None
+    if workers > 1 and sum(len(v) for v in groups.values()) > 1:
+        executor = ProcessPoolExecutor(max_workers=workers,
+                                       mp_context=multiprocessing.get_context("forkserver"))
+    try:
+        for obsid, infos in sorted(groups.items()):
+            try:
+                reports.append(ingest_exposure(obsid, infos, repo, replace=replace, config=config,
+                                               progress=progress, executor=executor))
+            except ExposureError as exc:
+                reports.append(ExposureReport(obsid, None, [], [{"file": str(repo), "reason": str(exc)}], 0.0))
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return reports, unreadable
