@@ -104,8 +104,9 @@ def parallel_overscan_cols(segments, row_bias, x0, x1, py0, py1, clip, out):
 
 
 @ngjit
-def assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1,
-                       x_index, row, flip_x, flip_y, turns, out):
+def assemble_corrected(
+    segments, row_bias, col_bias, x0, x1, y0, y1, x_index, row, flip_x, flip_y, turns, out
+):
     """Trim, subtract the rounded overscan bias, flip, place and rotate into the focal plane.
 
     ``out[r, c]`` gets ``raw - rint(row_bias[a, y0 + v]) - rint(col_bias[a, u])`` of amp ``a``'s

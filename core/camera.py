@@ -181,7 +181,12 @@ class Camera:
     def fp_bounds(self) -> tuple[float, float, float, float]:
         """(xmin, ymin, xmax, ymax) of all detectors, in focal-plane pixels."""
         b = self._bounds
-        return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+        return (
+            float(b[:, 0].min()),
+            float(b[:, 1].min()),
+            float(b[:, 2].max()),
+            float(b[:, 3].max()),
+        )
 
     def locate(self, fx, fy) -> Location:
         """Map focal-plane pixel coordinates to (detector, CCD x/y, amp, amp u/v), vectorized."""
@@ -302,20 +307,33 @@ def build_camera_json(name: str, detectors_csv: Path, amplifiers_csv: Path) -> d
                     )
                 amps.append(
                     dict(
-                        name=a["name"], x0=x0, y0=y0, nx=anx, ny=any_,
-                        flip_x=flip_x, flip_y=flip_y,
-                        gain=float(a["gain"]), saturation=float(a["saturation"]),
+                        name=a["name"],
+                        x0=x0,
+                        y0=y0,
+                        nx=anx,
+                        ny=any_,
+                        flip_x=flip_x,
+                        flip_y=flip_y,
+                        gain=float(a["gain"]),
+                        saturation=float(a["saturation"]),
                         read_noise=float(a["readnoise"]),
                     )
                 )
             out.append(
                 dict(
-                    name=det_name, id=int(row["id"]), kind=_KINDS[int(row["type"])],
-                    physical_type=ptype, serial=row["serial"], nx=nx, ny=ny,
+                    name=det_name,
+                    id=int(row["id"]),
+                    kind=_KINDS[int(row["type"])],
+                    physical_type=ptype,
+                    serial=row["serial"],
+                    nx=nx,
+                    ny=ny,
                     fp_x=round(float(row["fpPosition_x"]) / pixel, 6),
                     fp_y=round(float(row["fpPosition_y"]) / pixel, 6),
-                    ref_x=float(row["refPoint_x"]), ref_y=float(row["refPoint_y"]),
-                    quarter_turns=turns % 4, amps=amps,
+                    ref_x=float(row["refPoint_x"]),
+                    ref_y=float(row["refPoint_y"]),
+                    quarter_turns=turns % 4,
+                    amps=amps,
                 )
             )
     return {"name": name, "pixel_size_mm": PIXEL_SIZE_MM, "source": "obs_lsst", "detectors": out}

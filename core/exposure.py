@@ -75,17 +75,25 @@ class DetectorProduct:
     @property
     def attrs(self) -> dict:
         return {
-            "name": self.name, "id": self.id, "kind": self.kind, "vendor": self.vendor,
-            "physical_type": self.physical_type, "raw_file": self.raw_file,
-            "origin": list(self.origin), "quarter_turns": self.quarter_turns,
-            "ccd_shape": list(self.ccd_shape), "datasec": list(self.datasec),
-            "raw_shape": list(self.raw_shape), "amps": self.amps,
+            "name": self.name,
+            "id": self.id,
+            "kind": self.kind,
+            "vendor": self.vendor,
+            "physical_type": self.physical_type,
+            "raw_file": self.raw_file,
+            "origin": list(self.origin),
+            "quarter_turns": self.quarter_turns,
+            "ccd_shape": list(self.ccd_shape),
+            "datasec": list(self.datasec),
+            "raw_shape": list(self.raw_shape),
+            "amps": self.amps,
             "level_shapes": [list(lv.shape) for lv in self.levels],
         }
 
 
-def ngff_multiscales(name: str, origin: tuple[float, float], n_levels: int,
-                     base_scale: float = 1.0) -> dict:
+def ngff_multiscales(
+    name: str, origin: tuple[float, float], n_levels: int, base_scale: float = 1.0
+) -> dict:
     """OME-NGFF 0.5 ``ome`` attributes placing a pyramid in focal-plane micrometres.
 
     Level ``l`` pixel ``(row, col)`` covers focal-plane pixels ``origin + s * (col, row)`` to
@@ -94,33 +102,45 @@ def ngff_multiscales(name: str, origin: tuple[float, float], n_levels: int,
     datasets = []
     for level in range(n_levels):
         s = base_scale * 2**level
-        datasets.append({
-            "path": str(level),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [s * PIXEL_UM, s * PIXEL_UM]},
-                {"type": "translation", "translation": [(origin[1] + s / 2) * PIXEL_UM,
-                                                        (origin[0] + s / 2) * PIXEL_UM]},
-            ],
-        })
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [s * PIXEL_UM, s * PIXEL_UM]},
+                    {
+                        "type": "translation",
+                        "translation": [
+                            (origin[1] + s / 2) * PIXEL_UM,
+                            (origin[0] + s / 2) * PIXEL_UM,
+                        ],
+                    },
+                ],
+            }
+        )
     return {
         "version": "0.5",
-        "multiscales": [{
-            "name": name,
-            "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                     {"name": "x", "type": "space", "unit": "micrometer"}],
-            "datasets": datasets,
-            "type": "mean",
-        }],
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": datasets,
+                "type": "mean",
+            }
+        ],
     }
 
 
 def write_detector(writer: Writer, p: DetectorProduct) -> None:
     """Write one detector's group (safe to call from worker processes: disjoint paths)."""
     base = f"detectors/{p.name}"
-    writer.group(base, {"ome": ngff_multiscales(p.name, p.origin, len(p.levels)),
-                        "cvt": p.attrs})
+    writer.group(base, {"ome": ngff_multiscales(p.name, p.origin, len(p.levels)), "cvt": p.attrs})
     for level, data in enumerate(p.levels):
-        writer.array(f"{base}/{level}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"])
+        writer.array(
+            f"{base}/{level}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"]
+        )
     writer.group(f"{base}/isr", {"description": "overscan kept for display and exact raw recovery"})
     writer.array(f"{base}/isr/row_bias", p.row_bias)
     writer.array(f"{base}/isr/col_bias", p.col_bias)
@@ -165,8 +185,8 @@ class OverviewGrid:
 
     def add(self, bx: int, by: int, sums: np.ndarray, counts: np.ndarray) -> None:
         h, w = sums.shape
-        self.sums[by:by + h, bx:bx + w] += sums
-        self.counts[by:by + h, bx:bx + w] += counts
+        self.sums[by : by + h, bx : bx + w] += sums
+        self.counts[by : by + h, bx : bx + w] += counts
 
     def levels(self) -> list[np.ndarray]:
         sums, counts = self.sums, self.counts
@@ -177,24 +197,35 @@ class OverviewGrid:
                 sums = sums.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
                 counts = counts.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
             with np.errstate(invalid="ignore", divide="ignore"):
-                out.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32))
+                out.append(
+                    np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+                )
         return out
 
 
 def write_overview(writer: Writer, grid: OverviewGrid) -> None:
     levels = grid.levels()
     origin = (float(grid.x0), float(grid.y0))
-    writer.group("overview", {
-        "ome": ngff_multiscales("focal plane", origin, len(levels), base_scale=OVERVIEW_FACTORS[0]),
-        "cvt": {"origin": list(origin), "factors": list(OVERVIEW_FACTORS),
-                "level_shapes": [list(lv.shape) for lv in levels]},
-    })
+    writer.group(
+        "overview",
+        {
+            "ome": ngff_multiscales(
+                "focal plane", origin, len(levels), base_scale=OVERVIEW_FACTORS[0]
+            ),
+            "cvt": {
+                "origin": list(origin),
+                "factors": list(OVERVIEW_FACTORS),
+                "level_shapes": [list(lv.shape) for lv in levels],
+            },
+        },
+    )
     for i, data in enumerate(levels):
         writer.array(f"overview/{i}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"])
 
 
-def write_table(writer: Writer, name: str, columns: dict[str, np.ndarray],
-                attributes: dict | None = None) -> None:
+def write_table(
+    writer: Writer, name: str, columns: dict[str, np.ndarray], attributes: dict | None = None
+) -> None:
     """A columnar table: one 1-D array per column, all the same length. Strings are stored as
     fixed-width UTF-32 arrays would not read everywhere, so they go in as int codes with the
     names in the group's ``categories`` attribute."""
@@ -211,8 +242,13 @@ def write_table(writer: Writer, name: str, columns: dict[str, np.ndarray],
             values = codes.astype(np.int32)
         writer_cols[col] = values
     attrs = dict(attributes or {})
-    attrs.update({"columns": list(columns), "categories": categories,
-                  "n_rows": lengths.pop() if lengths else 0})
+    attrs.update(
+        {
+            "columns": list(columns),
+            "categories": categories,
+            "n_rows": lengths.pop() if lengths else 0,
+        }
+    )
     writer.group(name, {"cvt": attrs})
     for col, values in writer_cols.items():
         writer.array(f"{name}/{col}", values, (1 << 20,))
@@ -258,8 +294,12 @@ class ExposureBuilder:
 
 def exposure_attributes(**kw) -> dict:
     """The exposure's group attributes, with the format and software versions stamped in."""
-    out = {"format": "cvt-exposure", "format_version": FORMAT_VERSION, "software_version": __version__,
-           "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {
+        "format": "cvt-exposure",
+        "format_version": FORMAT_VERSION,
+        "software_version": __version__,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out.update(kw)
     return out
 
@@ -272,7 +312,7 @@ def _store_for(url: str | os.PathLike):
     url = os.fspath(url)
     if "://" in url and not url.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(url, read_only=True)
-    path = url[len("file://"):] if url.startswith("file://") else url
+    path = url[len("file://") :] if url.startswith("file://") else url
     return zarr.storage.LocalStore(path, read_only=True)
 
 
@@ -335,7 +375,11 @@ class DetectorImage:
             if a["x0"] <= x < a["x0"] + a["nx"] and a["y0"] <= y < a["y0"] + a["ny"]:
                 u = x - a["x0"]
                 v = y - a["y0"]
-                return i, (a["nx"] - 1 - u if a["flip_x"] else u), (a["ny"] - 1 - v if a["flip_y"] else v)
+                return (
+                    i,
+                    (a["nx"] - 1 - u if a["flip_x"] else u),
+                    (a["ny"] - 1 - v if a["flip_y"] else v),
+                )
         return None
 
     @cached_property
@@ -365,13 +409,14 @@ class DetectorImage:
         x0, x1, y0, y1 = self.attrs["datasec"]
         ccd = np.zeros((ny, nx), dtype=np.int32)
         for i, a in enumerate(self.amps):
-            block = (np.rint(self.row_bias[i, y0:y1])[:, None]
-                     + np.rint(self.col_bias[i])[None, :]).astype(np.int32)
+            block = (
+                np.rint(self.row_bias[i, y0:y1])[:, None] + np.rint(self.col_bias[i])[None, :]
+            ).astype(np.int32)
             if a["flip_x"]:
                 block = block[:, ::-1]
             if a["flip_y"]:
                 block = block[::-1, :]
-            ccd[a["y0"]:a["y0"] + a["ny"], a["x0"]:a["x0"] + a["nx"]] = block
+            ccd[a["y0"] : a["y0"] + a["ny"], a["x0"] : a["x0"] + a["nx"]] = block
         return np.rot90(ccd, self.quarter_turns, axes=(1, 0))
 
     def raw_segments(self) -> np.ndarray:
@@ -387,12 +432,12 @@ class DetectorImage:
         out[:, :, x1:] = self.group["isr/serial_overscan"][:]
         out[:, y1:, :x1] = self.group["isr/parallel_overscan"][:]
         for i, a in enumerate(self.amps):
-            data = ccd[a["y0"]:a["y0"] + a["ny"], a["x0"]:a["x0"] + a["nx"]]
+            data = ccd[a["y0"] : a["y0"] + a["ny"], a["x0"] : a["x0"] + a["nx"]]
             if a["flip_x"]:
                 data = data[:, ::-1]
             if a["flip_y"]:
                 data = data[::-1, :]
-            bias = (np.rint(self.row_bias[i, y0:y1])[:, None] + np.rint(self.col_bias[i])[None, :])
+            bias = np.rint(self.row_bias[i, y0:y1])[:, None] + np.rint(self.col_bias[i])[None, :]
             out[i, y0:y1, x0:x1] = data + bias.astype(np.int32)
         return out
 
@@ -414,8 +459,10 @@ class Exposure:
             raise ExposureError(f"{self.url}: a zarr group, but not a CVT exposure")
         self.attrs: dict = attrs["cvt"]
         if self.attrs.get("format_version", 0) > FORMAT_VERSION:
-            raise ExposureError(f"{self.url}: written by a newer CVT (format "
-                                f"{self.attrs['format_version']} > {FORMAT_VERSION})")
+            raise ExposureError(
+                f"{self.url}: written by a newer CVT (format "
+                f"{self.attrs['format_version']} > {FORMAT_VERSION})"
+            )
 
     def __repr__(self) -> str:
         return f"Exposure({self.obsid}, {len(self.detector_names)} detectors)"
@@ -455,7 +502,11 @@ class Exposure:
         for col in attrs["columns"]:
             values = g[col][:]
             if col in attrs["categories"]:
-                values = np.asarray(attrs["categories"][col], dtype=object)[values] if len(values) else values.astype(object)
+                values = (
+                    np.asarray(attrs["categories"][col], dtype=object)[values]
+                    if len(values)
+                    else values.astype(object)
+                )
             out[col] = values
         return out
 

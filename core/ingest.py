@@ -76,15 +76,18 @@ def detector_placement(raw_shape_fp: tuple[int, int], det, quarter_turns: int):
     return (cx - w / 2, cy - h / 2)
 
 
-def process_ccd(raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConfig()) -> DetectorProduct:
+def process_ccd(
+    raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConfig()
+) -> DetectorProduct:
     """ISR, assembly into the focal-plane frame, and the pyramid of one CCD (pure compute)."""
     t0 = time.perf_counter()
     det = camera.detector(raw.info.detector)
     seg = raw.segments
     row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config)
     t1 = time.perf_counter()
-    level0 = isr.assemble_to_focal_plane(seg, raw.datasec, raw.placements, row_bias, col_bias,
-                                         det.quarter_turns)
+    level0 = isr.assemble_to_focal_plane(
+        seg, raw.datasec, raw.placements, row_bias, col_bias, det.quarter_turns
+    )
     t2 = time.perf_counter()
     levels = isr.pyramid(level0)
     t3 = time.perf_counter()
@@ -93,27 +96,52 @@ def process_ccd(raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConf
         raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
     ccd_shape = isr.ccd_shape(raw.datasec, seg.shape[0])
     w, h = x1 - x0, y1 - y0
-    amps = [{"name": p.name, "x0": p.x_index * w, "y0": p.row * h, "nx": w, "ny": h,
-             "flip_x": p.flip_x, "flip_y": p.flip_y} for p in raw.placements]
-    headers = {"primary": raw.info.primary_header.tostring(sep="\n"),
-               "segments": {p.extname: h_.tostring(sep="\n")
-                            for p, h_ in zip(raw.placements, raw.segment_headers)}}
+    amps = [
+        {
+            "name": p.name,
+            "x0": p.x_index * w,
+            "y0": p.row * h,
+            "nx": w,
+            "ny": h,
+            "flip_x": p.flip_x,
+            "flip_y": p.flip_y,
+        }
+        for p in raw.placements
+    ]
+    headers = {
+        "primary": raw.info.primary_header.tostring(sep="\n"),
+        "segments": {
+            p.extname: h_.tostring(sep="\n") for p, h_ in zip(raw.placements, raw.segment_headers)
+        },
+    }
     product = DetectorProduct(
-        name=det.name, id=det.id, kind=det.kind, vendor=raw.info.vendor,
-        physical_type=det.physical_type, raw_file=os.path.basename(raw.path),
+        name=det.name,
+        id=det.id,
+        kind=det.kind,
+        vendor=raw.info.vendor,
+        physical_type=det.physical_type,
+        raw_file=os.path.basename(raw.path),
         origin=detector_placement(level0.shape, det, det.quarter_turns),
-        quarter_turns=det.quarter_turns, ccd_shape=ccd_shape, datasec=raw.datasec,
-        raw_shape=(seg.shape[1], seg.shape[2]), amps=amps, levels=levels,
-        row_bias=row_bias, col_bias=col_bias,
-        prescan=seg[:, :y1, :x0], serial_overscan=seg[:, :, x1:], parallel_overscan=seg[:, y1:, :x1],
+        quarter_turns=det.quarter_turns,
+        ccd_shape=ccd_shape,
+        datasec=raw.datasec,
+        raw_shape=(seg.shape[1], seg.shape[2]),
+        amps=amps,
+        levels=levels,
+        row_bias=row_bias,
+        col_bias=col_bias,
+        prescan=seg[:, :y1, :x0],
+        serial_overscan=seg[:, :, x1:],
+        parallel_overscan=seg[:, y1:, :x1],
         headers=headers,
     )
     product.timings = {"overscan": t1 - t0, "assemble": t2 - t1, "pyramid": t3 - t2}
     return product
 
 
-def _ingest_ccd(path: str, camera_name: str, tmp_root: str, grid_origin: tuple[int, int],
-                config: isr.IsrConfig) -> CcdResult:
+def _ingest_ccd(
+    path: str, camera_name: str, tmp_root: str, grid_origin: tuple[int, int], config: isr.IsrConfig
+) -> CcdResult:
     """One task: read, process, write this CCD's arrays into the partial exposure."""
     result = CcdResult(path=path)
     try:
@@ -133,8 +161,13 @@ def _ingest_ccd(path: str, camera_name: str, tmp_root: str, grid_origin: tuple[i
         result.overview = (bx, by, sums.astype(np.float64), counts)
         result.detector = product.name
         result.nodes = writer.nodes
-        result.timings = {"read": t1 - t0, **product.timings, "process": t2 - t1, "write": t3 - t2,
-                          "overview": time.perf_counter() - t3}
+        result.timings = {
+            "read": t1 - t0,
+            **product.timings,
+            "process": t2 - t1,
+            "write": t3 - t2,
+            "overview": time.perf_counter() - t3,
+        }
     except (RawFileError, KeyError, ValueError, OSError) as exc:
         result.error = str(exc) if isinstance(exc, RawFileError) else f"{path}: {exc}"
     return result
@@ -146,7 +179,11 @@ def find_raw_files(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.name.lower().endswith(FITS_SUFFIXES))
+            out.extend(
+                str(f)
+                for f in sorted(p.rglob("*"))
+                if f.is_file() and f.name.lower().endswith(FITS_SUFFIXES)
+            )
         else:
             out.append(str(p))
     return out
@@ -182,19 +219,31 @@ def _airmass(primary) -> float | None:
 def exposure_summary(infos: list[RawInfo]) -> dict:
     first = infos[0]
     return {
-        "obsid": first.obsid, "instrument": first.instrument, "camera": first.camera,
-        "dayobs": first.dayobs, "seqnum": first.seqnum, "image_type": first.image_type,
-        "exposure_time": first.exposure_time, "mjd": first.mjd, "filter": first.filter,
+        "obsid": first.obsid,
+        "instrument": first.instrument,
+        "camera": first.camera,
+        "dayobs": first.dayobs,
+        "seqnum": first.seqnum,
+        "image_type": first.image_type,
+        "exposure_time": first.exposure_time,
+        "mjd": first.mjd,
+        "filter": first.filter,
         "airmass": _airmass(first.primary_header),
         "date_obs": first.primary_header.get("DATE-OBS"),
     }
 
 
-def ingest_exposure(obsid: str, infos: list[RawInfo], repo: str | os.PathLike, *,
-                    replace: bool = False, workers: int | None = None,
-                    config: isr.IsrConfig = isr.IsrConfig(),
-                    progress: Callable[[str, int, int], None] | None = None,
-                    executor=None) -> ExposureReport:
+def ingest_exposure(
+    obsid: str,
+    infos: list[RawInfo],
+    repo: str | os.PathLike,
+    *,
+    replace: bool = False,
+    workers: int | None = None,
+    config: isr.IsrConfig = isr.IsrConfig(),
+    progress: Callable[[str, int, int], None] | None = None,
+    executor=None,
+) -> ExposureReport:
     """Ingest the CCD files of one exposure and publish it (atomically) in ``repo``."""
     t_start = time.perf_counter()
     camera = load_camera(infos[0].camera)
@@ -209,7 +258,12 @@ def ingest_exposure(obsid: str, infos: list[RawInfo], repo: str | os.PathLike, *
     paths = []
     for info in infos:
         if info.detector in seen:
-            failures.append({"file": info.path, "reason": f"duplicate of {seen[info.detector]} for {info.detector}"})
+            failures.append(
+                {
+                    "file": info.path,
+                    "reason": f"duplicate of {seen[info.detector]} for {info.detector}",
+                }
+            )
         else:
             seen[info.detector] = info.path
             paths.append(info.path)
@@ -255,25 +309,37 @@ def ingest_exposure(obsid: str, infos: list[RawInfo], repo: str | os.PathLike, *
         detectors.sort(key=lambda n: camera.index(n))
         timings["wall"] = time.perf_counter() - t_start
         attrs = exposure_attributes(
-            **exposure_summary(infos), complete=True, detectors=detectors,
+            **exposure_summary(infos),
+            complete=True,
+            detectors=detectors,
             detectors_expected=len(expected),
             detectors_missing=[n for n in expected if n not in set(detectors)],
             failures=failures,
-            ingest={"seconds": timings["wall"], "ccds": len(detectors),
-                    "raw_bytes": raw_bytes,
-                    "cpu_seconds": {k: round(v, 4) for k, v in timings.items() if k != "wall"}},
+            ingest={
+                "seconds": timings["wall"],
+                "ccds": len(detectors),
+                "raw_bytes": raw_bytes,
+                "cpu_seconds": {k: round(v, 4) for k, v in timings.items() if k != "wall"},
+            },
         )
         path = builder.publish(attrs, nodes)
     except BaseException:
         builder.abandon()
         raise
-    return ExposureReport(obsid, path, detectors, failures, time.perf_counter() - t_start,
-                          raw_bytes, timings)
+    return ExposureReport(
+        obsid, path, detectors, failures, time.perf_counter() - t_start, raw_bytes, timings
+    )
 
 
-def ingest(inputs: Iterable[str | os.PathLike], repo: str | os.PathLike, *, replace: bool = False,
-           workers: int | None = None, config: isr.IsrConfig = isr.IsrConfig(),
-           progress: Callable[[str, int, int], None] | None = None) -> tuple[list[ExposureReport], list[dict]]:
+def ingest(
+    inputs: Iterable[str | os.PathLike],
+    repo: str | os.PathLike,
+    *,
+    replace: bool = False,
+    workers: int | None = None,
+    config: isr.IsrConfig = isr.IsrConfig(),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[list[ExposureReport], list[dict]]:
     """Ingest every exposure found in ``inputs`` (files and folders) into ``repo``.
 
     Returns the per-exposure reports and the files that could not even be identified.
@@ -285,15 +351,27 @@ def ingest(inputs: Iterable[str | os.PathLike], repo: str | os.PathLike, *, repl
     reports = []
     executor = None
     if workers > 1 and sum(len(v) for v in groups.values()) > 1:
-        executor = ProcessPoolExecutor(max_workers=workers,
-                                       mp_context=multiprocessing.get_context("forkserver"))
+        executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+        )
     try:
         for obsid, infos in sorted(groups.items()):
             try:
-                reports.append(ingest_exposure(obsid, infos, repo, replace=replace, config=config,
-                                               progress=progress, executor=executor))
+                reports.append(
+                    ingest_exposure(
+                        obsid,
+                        infos,
+                        repo,
+                        replace=replace,
+                        config=config,
+                        progress=progress,
+                        executor=executor,
+                    )
+                )
             except ExposureError as exc:
-                reports.append(ExposureReport(obsid, None, [], [{"file": str(repo), "reason": str(exc)}], 0.0))
+                reports.append(
+                    ExposureReport(obsid, None, [], [{"file": str(repo), "reason": str(exc)}], 0.0)
+                )
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)

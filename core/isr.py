@@ -49,11 +49,14 @@ def placement_arrays(placements: Sequence[AmpPlacement]):
     )
 
 
-def overscan_bias(segments: np.ndarray, datasec: tuple[int, int, int, int],
-                  config: IsrConfig = IsrConfig()) -> tuple[np.ndarray, np.ndarray]:
+def overscan_bias(
+    segments: np.ndarray, datasec: tuple[int, int, int, int], config: IsrConfig = IsrConfig()
+) -> tuple[np.ndarray, np.ndarray]:
     """(row_bias[amp, raw_row], col_bias[amp, data_col]) as float32; col_bias is 0 unless enabled."""
     if segments.ndim != 3 or segments.dtype != np.int32:
-        raise ValueError(f"segments must be int32 (amp, row, col), got {segments.dtype} {segments.shape}")
+        raise ValueError(
+            f"segments must be int32 (amp, row, col), got {segments.dtype} {segments.shape}"
+        )
     n_amp, ny_raw, nx_raw = segments.shape
     x0, x1, _, y1 = datasec
     ox0, ox1 = config.serial_columns(datasec, nx_raw)
@@ -72,9 +75,14 @@ def ccd_shape(datasec: tuple[int, int, int, int], n_amp: int) -> tuple[int, int]
     return (y1 - y0) * (2 if n_amp == 16 else 1), (x1 - x0) * 8
 
 
-def assemble_to_focal_plane(segments: np.ndarray, datasec: tuple[int, int, int, int],
-                            placements: Sequence[AmpPlacement], row_bias: np.ndarray,
-                            col_bias: np.ndarray, quarter_turns: int = 0) -> np.ndarray:
+def assemble_to_focal_plane(
+    segments: np.ndarray,
+    datasec: tuple[int, int, int, int],
+    placements: Sequence[AmpPlacement],
+    row_bias: np.ndarray,
+    col_bias: np.ndarray,
+    quarter_turns: int = 0,
+) -> np.ndarray:
     """Level 0: overscan-corrected int32 CCD, assembled and turned into the focal-plane frame."""
     n_amp = segments.shape[0]
     if n_amp != len(placements):
@@ -84,8 +92,9 @@ def assemble_to_focal_plane(segments: np.ndarray, datasec: tuple[int, int, int, 
     out = np.empty(shape, dtype=np.int32)
     xi, ri, fx, fy = placement_arrays(placements)
     x0, x1, y0, y1 = datasec
-    k.assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, xi, ri, fx, fy,
-                         quarter_turns % 4, out)
+    k.assemble_corrected(
+        segments, row_bias, col_bias, x0, x1, y0, y1, xi, ri, fx, fy, quarter_turns % 4, out
+    )
     return out
 
 

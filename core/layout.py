@@ -73,6 +73,4 @@ def vendor_from_header(ccd_manu: str | None, lsst_num: str | None) -> str:
             for vendor in VENDORS:
                 if text.startswith(vendor):
                     return vendor
-    raise ValueError(
-        f"cannot tell the CCD vendor: CCD_MANU={ccd_manu!r}, LSST_NUM={lsst_num!r}"
-    )
+    raise ValueError(f"cannot tell the CCD vendor: CCD_MANU={ccd_manu!r}, LSST_NUM={lsst_num!r}")

@@ -28,15 +28,23 @@ class Codec:
     clevel: int = 5
 
     def encoder(self, typesize: int) -> numcodecs.Blosc:
-        return numcodecs.Blosc(cname=self.cname, clevel=self.clevel,
-                               shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0)
+        return numcodecs.Blosc(
+            cname=self.cname, clevel=self.clevel, shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0
+        )
 
     def metadata(self, typesize: int) -> list[dict]:
         return [
             {"name": "bytes", "configuration": {"endian": "little"}},
-            {"name": "blosc", "configuration": {"typesize": typesize, "cname": self.cname,
-                                                "clevel": self.clevel, "shuffle": "bitshuffle",
-                                                "blocksize": 0}},
+            {
+                "name": "blosc",
+                "configuration": {
+                    "typesize": typesize,
+                    "cname": self.cname,
+                    "clevel": self.clevel,
+                    "shuffle": "bitshuffle",
+                    "blocksize": 0,
+                },
+            },
         ]
 
 
@@ -49,16 +57,25 @@ def _fill_json(dtype: np.dtype, fill):
     return int(fill or 0)
 
 
-def array_metadata(shape, chunks, dtype, attributes=None, dimension_names=None, fill=None,
-                   codec: Codec = DEFAULT_CODEC) -> dict:
+def array_metadata(
+    shape,
+    chunks,
+    dtype,
+    attributes=None,
+    dimension_names=None,
+    fill=None,
+    codec: Codec = DEFAULT_CODEC,
+) -> dict:
     dtype = np.dtype(dtype)
     doc = {
         "zarr_format": 3,
         "node_type": "array",
         "shape": [int(s) for s in shape],
         "data_type": dtype.name,
-        "chunk_grid": {"name": "regular",
-                       "configuration": {"chunk_shape": [int(c) for c in chunks]}},
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [int(c) for c in chunks]},
+        },
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": _fill_json(dtype, fill),
         "codecs": codec.metadata(dtype.itemsize),
@@ -99,23 +116,40 @@ class Writer:
         if name:
             self.nodes[name.strip("/")] = doc
 
-    def array(self, name: str, data: np.ndarray, chunks=None, attributes=None,
-              dimension_names=None, fill=None, codec: Codec = DEFAULT_CODEC) -> None:
+    def array(
+        self,
+        name: str,
+        data: np.ndarray,
+        chunks=None,
+        attributes=None,
+        dimension_names=None,
+        fill=None,
+        codec: Codec = DEFAULT_CODEC,
+    ) -> None:
         """Write a whole array: metadata and every chunk (edge chunks padded with the fill)."""
         data = np.ascontiguousarray(data)
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("<"))
-        chunks = tuple(data.shape) if chunks is None else tuple(min(c, s) if s else c
-                                                                  for c, s in zip(chunks, data.shape))
+        chunks = (
+            tuple(data.shape)
+            if chunks is None
+            else tuple(min(c, s) if s else c for c, s in zip(chunks, data.shape))
+        )
         chunks = tuple(max(1, c) for c in chunks)
-        doc = array_metadata(data.shape, chunks, data.dtype, attributes, dimension_names, fill, codec)
+        doc = array_metadata(
+            data.shape, chunks, data.dtype, attributes, dimension_names, fill, codec
+        )
         self._put(self._path(name, ZARR_JSON), json.dumps(doc).encode())
         self.nodes[name.strip("/")] = doc
-        fill_value = np.nan if np.issubdtype(data.dtype, np.floating) and fill is None else (fill or 0)
+        fill_value = (
+            np.nan if np.issubdtype(data.dtype, np.floating) and fill is None else (fill or 0)
+        )
         enc = codec.encoder(data.dtype.itemsize)
         grid = [math.ceil(s / c) for s, c in zip(data.shape, chunks)]
         for index in np.ndindex(*grid):
-            sl = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, data.shape))
+            sl = tuple(
+                slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, data.shape)
+            )
             block = data[sl]
             if block.shape != chunks:
                 full = np.full(chunks, fill_value, dtype=data.dtype)

@@ -17,12 +17,14 @@ COMMANDS: dict[str, str] = {
     "info": "info",
     "simulate": "simulate",
     "demo": "demo",
+    "ingest": "ingest",
 }
 
 HELP: dict[str, str] = {
     "info": "describe raw CCD files (instrument, detector, vendor, layout, compression)",
     "simulate": "write a realistic simulated raw exposure (with a truth file)",
     "demo": "simulate an LSSTCam exposure and show it",
+    "ingest": "ingest raw CCD files into exposure stores (zarr) in a repository",
 }
 
 
