@@ -104,35 +104,28 @@ def parallel_overscan_cols(segments, row_bias, x0, x1, py0, py1, clip, out):
 
 
 @ngjit
-def assemble_corrected(
-    segments, row_bias, col_bias, x0, x1, y0, y1, x_index, row, flip_x, flip_y, turns, out
-):
-    """Trim, subtract the rounded overscan bias, flip, place and rotate into the focal plane.
+def assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, base, step_u, step_v, out):
+    """Trim, subtract the rounded overscan bias and write each data pixel where it belongs.
 
-    ``out[r, c]`` gets ``raw - rint(row_bias[a, y0 + v]) - rint(col_bias[a, u])`` of amp ``a``'s
-    data pixel (u, v); the CCD pixel (x, y) goes to the focal-plane-frame index by ``turns``
-    counter-clockwise quarter turns (row 0 at the bottom).
+    Amp ``a``'s data pixel (u, v) (readout order) gets
+    ``raw - rint(row_bias[a, y0 + v]) - rint(col_bias[a, u])`` and lands at flat index
+    ``base[a] + u * step_u[a] + v * step_v[a]`` of ``out``: flips, placement and rotation are
+    all one affine map per amp, worked out by the caller.
     """
-    n_amp = segments.shape[0]
+    flat = out.reshape(-1)
     w = x1 - x0
     h = y1 - y0
-    nx = w * 8
-    ny = h * (2 if n_amp == 16 else 1)
-    for a in range(n_amp):
+    cb = np.empty(w, dtype=np.int32)
+    for a in range(segments.shape[0]):
+        for u in range(w):
+            cb[u] = np.int32(np.rint(col_bias[a, u]))
+        su = step_u[a]
         for v in range(h):
             b = np.int32(np.rint(row_bias[a, y0 + v]))
-            y = row[a] * h + (h - 1 - v if flip_y[a] else v)
+            i = base[a] + v * step_v[a]
             for u in range(w):
-                val = segments[a, y0 + v, x0 + u] - b - np.int32(np.rint(col_bias[a, u]))
-                x = x_index[a] * w + (w - 1 - u if flip_x[a] else u)
-                if turns == 0:
-                    out[y, x] = val
-                elif turns == 1:
-                    out[x, ny - 1 - y] = val
-                elif turns == 2:
-                    out[ny - 1 - y, nx - 1 - x] = val
-                else:
-                    out[nx - 1 - x, y] = val
+                flat[i] = segments[a, y0 + v, x0 + u] - b - cb[u]
+                i += su
 
 
 @ngjit
@@ -163,11 +156,15 @@ def bin_sum(src, off_x, off_y, factor, sums, counts):
     """Add src into factor x factor bins of a grid on which src's pixel (0, 0) sits at
     (off_x, off_y) (0 <= off < factor); NaN pixels are skipped."""
     ny, nx = src.shape
+    bx = np.empty(nx, dtype=np.int64)
+    for x in range(nx):
+        bx[x] = (x + off_x) // factor
     for y in range(ny):
         by = (y + off_y) // factor
+        row_s = sums[by]
+        row_c = counts[by]
         for x in range(nx):
             v = src[y, x]
             if v == v:
-                bx = (x + off_x) // factor
-                sums[by, bx] += v
-                counts[by, bx] += 1
+                row_s[bx[x]] += v
+                row_c[bx[x]] += 1

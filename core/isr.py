@@ -39,16 +39,6 @@ class IsrConfig:
         return ox0, ox1
 
 
-def placement_arrays(placements: Sequence[AmpPlacement]):
-    """The placements as the four small arrays the kernels take."""
-    return (
-        np.array([p.x_index for p in placements], dtype=np.int64),
-        np.array([p.row for p in placements], dtype=np.int64),
-        np.array([p.flip_x for p in placements], dtype=np.bool_),
-        np.array([p.flip_y for p in placements], dtype=np.bool_),
-    )
-
-
 def overscan_bias(
     segments: np.ndarray, datasec: tuple[int, int, int, int], config: IsrConfig = IsrConfig()
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +65,40 @@ def ccd_shape(datasec: tuple[int, int, int, int], n_amp: int) -> tuple[int, int]
     return (y1 - y0) * (2 if n_amp == 16 else 1), (x1 - x0) * 8
 
 
+def amp_strides(placements: Sequence[AmpPlacement], w: int, h: int, quarter_turns: int):
+    """Per amp, where data pixel (u, v) lands in the C-ordered focal-plane-frame level 0:
+    flat index ``base + u * step_u + v * step_v`` (flips, placement and rotation in one map)."""
+    n_amp = len(placements)
+    ny, nx = h * (2 if n_amp == 16 else 1), w * 8
+    t = quarter_turns % 4
+    width = nx if t % 2 == 0 else ny  # columns of the rotated image
+
+    def index(x: int, y: int) -> tuple[int, int]:  # CCD (x, y) -> rotated (row, col)
+        if t == 0:
+            return y, x
+        if t == 1:
+            return x, ny - 1 - y
+        if t == 2:
+            return ny - 1 - y, nx - 1 - x
+        return nx - 1 - x, y
+
+    base, step_u, step_v = (np.empty(n_amp, dtype=np.int64) for _ in range(3))
+    for a, p in enumerate(placements):
+
+        def ccd(u: int, v: int, p=p) -> tuple[int, int]:
+            x = p.x_index * w + (w - 1 - u if p.flip_x else u)
+            y = p.row * h + (h - 1 - v if p.flip_y else v)
+            return x, y
+
+        r0, c0 = index(*ccd(0, 0))
+        r1, c1 = index(*ccd(1, 0))
+        r2, c2 = index(*ccd(0, 1))
+        base[a] = r0 * width + c0
+        step_u[a] = (r1 - r0) * width + (c1 - c0)
+        step_v[a] = (r2 - r0) * width + (c2 - c0)
+    return base, step_u, step_v
+
+
 def assemble_to_focal_plane(
     segments: np.ndarray,
     datasec: tuple[int, int, int, int],
@@ -90,11 +114,9 @@ def assemble_to_focal_plane(
     ny, nx = ccd_shape(datasec, n_amp)
     shape = (ny, nx) if quarter_turns % 2 == 0 else (nx, ny)
     out = np.empty(shape, dtype=np.int32)
-    xi, ri, fx, fy = placement_arrays(placements)
     x0, x1, y0, y1 = datasec
-    k.assemble_corrected(
-        segments, row_bias, col_bias, x0, x1, y0, y1, xi, ri, fx, fy, quarter_turns % 4, out
-    )
+    base, step_u, step_v = amp_strides(placements, x1 - x0, y1 - y0, quarter_turns)
+    k.assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, base, step_u, step_v, out)
     return out
 
 
