@@ -1,0 +1,1 @@
+"""Benchmarks: ours against straightforward baselines, run side by side (never in the tests)."""

@@ -1,0 +1,268 @@
+"""``cvt bench ingest``: our ingest against a straightforward astropy + numpy ingest of the same
+files, side by side, and a whole exposure end to end.
+
+The baseline does the same steps the way a competent astronomer would write them in an
+afternoon: ``astropy.io.fits`` to read, a per-row median of the serial overscan, slicing and
+``[::-1]`` to trim and flip, ``np.rot90``, a reshape ``nanmean`` pyramid, and zarr-python to
+write the levels with the same codec as ours. Nothing in it is deliberately slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core import isr
+from core.camera import load_camera
+from core.exposure import OverviewGrid, write_detector
+from core.ingest import find_raw_files, ingest, process_ccd
+from core.rawfile import read_raw
+from core.zarrio import DEFAULT_CODEC, Writer
+
+# ---------------------------------------------------------------------------------------------
+# The baseline
+
+
+def _baseline_pyramid(level0: np.ndarray, min_size: int = 128) -> list[np.ndarray]:
+    levels = [level0]
+    while max(levels[-1].shape) > min_size:
+        a = levels[-1].astype(np.float32)
+        ny, nx = a.shape
+        pad = np.full((ny + ny % 2, nx + nx % 2), np.nan, dtype=np.float32)
+        pad[:ny, :nx] = a
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            levels.append(
+                np.nanmean(pad.reshape(pad.shape[0] // 2, 2, pad.shape[1] // 2, 2), axis=(1, 3))
+            )
+    return levels
+
+
+def baseline_ccd(path: str, out_dir: str) -> float:
+    """Read, overscan-correct, assemble, rotate, build the pyramid and write one CCD; seconds."""
+    import zarr
+    from astropy.io import fits
+    from zarr.codecs import BloscCodec
+
+    t0 = time.perf_counter()
+    with fits.open(path) as hdul:
+        primary = hdul[0].header
+        raft, slot = primary.get("RAFTBAY"), primary.get("CCDSLOT")
+        vendor = (
+            "E2V"
+            if str(primary.get("CCD_MANU", primary.get("LSST_NUM", ""))).startswith("E2V")
+            else "ITL"
+        )
+        segs = {h.name: h.data.astype(np.int32) for h in hdul if h.name.startswith("SEGMENT")}
+        datasec = hdul["Segment10"].header["DATASEC"]
+    (xs, ys) = datasec.strip("[]").split(",")
+    x0, x1 = (int(v) for v in xs.split(":"))
+    y0, y1 = (int(v) for v in ys.split(":"))
+    x0 -= 1
+    y0 -= 1
+    w, h = x1 - x0, y1 - y0
+    n_rows = 2 if len(segs) == 16 else 1
+    ccd = np.empty((n_rows * h, 8 * w), dtype=np.int32)
+    for name, data in segs.items():
+        bias = np.median(data[:, x1 + 3 : -2], axis=1)
+        amp = data[y0:y1, x0:x1] - np.rint(bias[y0:y1, None]).astype(np.int32)
+        j = int(name[-1])
+        if name[-2] == "1":
+            amp = amp[::-1, ::-1]
+            if n_rows == 2:
+                ccd[h:, j * w : (j + 1) * w] = amp
+            else:
+                ccd[:, (7 - j) * w : (8 - j) * w] = amp
+        else:
+            ccd[:h, j * w : (j + 1) * w] = amp[:, ::-1] if vendor == "ITL" else amp
+    det = load_camera("LSSTCam").detector(f"{raft}_{slot}")
+    level0 = np.ascontiguousarray(np.rot90(ccd, det.quarter_turns, axes=(1, 0)))
+    levels = _baseline_pyramid(level0)
+    group = zarr.open_group(os.path.join(out_dir, f"{raft}_{slot}.zarr"), mode="w")
+    codec = BloscCodec(cname=DEFAULT_CODEC.cname, clevel=DEFAULT_CODEC.clevel, shuffle="bitshuffle")
+    for i, lv in enumerate(levels):
+        arr = group.create_array(
+            str(i), shape=lv.shape, dtype=lv.dtype, chunks=(512, 512), compressors=[codec]
+        )
+        arr[:] = lv
+    return time.perf_counter() - t0
+
+
+def ours_ccd(path: str, out_dir: str) -> float:
+    """The same steps through our ingest path (read, ISR, pyramid, write, overview bins); seconds."""
+    t0 = time.perf_counter()
+    raw = read_raw(path)
+    product = process_ccd(raw, load_camera(raw.info.camera))
+    writer = Writer(os.path.join(out_dir, f"{raw.info.detector}.zarr"))
+    write_detector(writer, product)
+    grid = OverviewGrid(0, 0, 0, 0)
+    _, _, ox, oy = grid.placement(product.origin)
+    isr.bin_onto_grid(product.levels[0], ox, oy, 16)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# Running it
+
+
+@dataclass
+class Row:
+    label: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"  {self.label:<46s} {self.value}"
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def per_ccd(files: list[str], repeats: int = 1) -> tuple[list[float], list[float]]:
+    """Single-core seconds per CCD, ours and the baseline, interleaved on the same files."""
+    ours, base = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_ccd(files[0], tmp)  # compile / warm the page cache for both
+        baseline_ccd(files[0], tmp)
+        for _ in range(repeats):
+            for f in files:
+                for fn, out in ((ours_ccd, ours), (baseline_ccd, base)):
+                    d = tempfile.mkdtemp(dir=tmp)
+                    out.append(fn(f, d))
+                    shutil.rmtree(d)
+    return ours, base
+
+
+def run(
+    workdir: str | None,
+    n_ccds: int = 8,
+    full: bool = True,
+    rice: bool = True,
+    workers: int | None = None,
+    seed: int = 1,
+    keep: bool = False,
+    echo=print,
+) -> dict:
+    """Simulate raws, time per CCD against the baseline, then whole exposures; print a table."""
+    from core.simulate import simulate_exposure
+
+    base_dir = Path(workdir or tempfile.mkdtemp(prefix="cvt-bench-"))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    try:
+        cam = load_camera("LSSTCam")
+        sample = [d.name for d in cam.detectors if d.kind == "science"][:: max(1, 189 // n_ccds)][
+            :n_ccds
+        ]
+        sample += ["R00_SG0", "R04_SW1"]  # a rotated guider and a half-height wavefront sensor
+        echo(f"simulating {len(sample)} CCDs for the per-CCD comparison ...")
+        plain = simulate_exposure(base_dir / "sample", detectors=sample, seed=seed, faults=False)
+        files = [str(p) for p in plain.files]
+        ours, base = per_ccd(files)
+        mo, mb = float(np.median(ours)), float(np.median(base))
+        results["per_ccd"] = {"ours_s": mo, "baseline_s": mb, "ratio": mb / mo}
+        echo(f"\nper CCD, one core, plain raw (median of {len(files)} CCDs)")
+        echo(Row("ours: read + ISR + pyramid + write", f"{mo * 1e3:7.1f} ms"))
+        echo(Row("baseline: astropy + numpy + zarr", f"{mb * 1e3:7.1f} ms"))
+        echo(Row("speed-up", f"{mb / mo:7.2f} x"))
+
+        if rice:
+            rice_sim = simulate_exposure(
+                base_dir / "sample-rice",
+                detectors=sample[:4],
+                seed=seed,
+                faults=False,
+                compress="rice",
+            )
+            rfiles = [str(p) for p in rice_sim.files]
+            from astropy.io import fits
+
+            t_ours, t_astropy = [], []
+            read_raw(rfiles[0])
+            for f in rfiles:
+                t = time.perf_counter()
+                read_raw(f)
+                t_ours.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                with fits.open(f) as hdul:
+                    for h in hdul[1:17]:
+                        _ = h.data
+                t_astropy.append(time.perf_counter() - t)
+            o, b = float(np.median(t_ours)), float(np.median(t_astropy))
+            oi, bi = per_ccd(rfiles)
+            results["rice"] = {
+                "read_ours_s": o,
+                "read_astropy_s": b,
+                "ingest_ours_s": float(np.median(oi)),
+                "ingest_baseline_s": float(np.median(bi)),
+            }
+            echo("\nRICE-compressed raw, one core")
+            echo(Row("decode a CCD, ours", f"{o * 1e3:7.1f} ms"))
+            echo(Row("decode a CCD, astropy", f"{b * 1e3:7.1f} ms ({b / o:.2f} x ours)"))
+            echo(
+                Row(
+                    "ingest a CCD, ours",
+                    f"{np.median(oi) * 1e3:7.1f} ms (decode {100 * o / np.median(oi):.0f} %)",
+                )
+            )
+            echo(Row("ingest a CCD, baseline", f"{np.median(bi) * 1e3:7.1f} ms"))
+
+        if full:
+            for label, compress in (
+                (("plain", None), ("RICE", "rice")) if rice else (("plain", None),)
+            ):
+                raw_dir = base_dir / f"full-{label}"
+                echo(f"\nsimulating a full LSSTCam exposure ({label}) ...")
+                t = time.perf_counter()
+                sim = simulate_exposure(raw_dir, seed=seed + 1, compress=compress, workers=workers)
+                echo(Row("simulation", f"{time.perf_counter() - t:7.1f} s"))
+                raw_bytes = sum(os.path.getsize(p) for p in sim.files)
+                repo = base_dir / f"repo-{label}"
+                t = time.perf_counter()
+                reports, _ = ingest([raw_dir], repo, workers=workers, replace=True)
+                wall = time.perf_counter() - t
+                (rep,) = reports
+                store = _dir_size(rep.path)
+                uncompressed = rep.raw_bytes
+                results[f"full_{label}"] = {
+                    "seconds": wall,
+                    "ccds": len(rep.detectors),
+                    "store_bytes": store,
+                    "raw_file_bytes": raw_bytes,
+                    "raw_uncompressed_bytes": uncompressed,
+                }
+                echo(f"full LSSTCam exposure, {label} raws, {workers or os.cpu_count()} workers")
+                echo(Row("CCDs", f"{len(rep.detectors)} (+{len(rep.failures)} failed)"))
+                echo(
+                    Row(
+                        "raw to complete store",
+                        f"{wall:7.1f} s  ({len(rep.detectors) / wall:.1f} CCD/s, "
+                        f"{uncompressed / wall / 1e9:.2f} GB/s of raw pixels)",
+                    )
+                )
+                echo(Row("raw files on disk", f"{raw_bytes / 1e9:7.2f} GB"))
+                echo(
+                    Row(
+                        "store, all levels + overscan",
+                        f"{store / 1e9:7.2f} GB "
+                        f"({store / uncompressed:.2f} x uncompressed raw, "
+                        f"{store / raw_bytes:.2f} x these files)",
+                    )
+                )
+                if not keep:
+                    shutil.rmtree(raw_dir, ignore_errors=True)
+                    shutil.rmtree(repo, ignore_errors=True)
+    finally:
+        if not keep and workdir is None:
+            shutil.rmtree(base_dir, ignore_errors=True)
+    return results
+
+
+__all__ = ["baseline_ccd", "find_raw_files", "ours_ccd", "per_ccd", "run"]
