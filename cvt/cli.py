@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "simulate",
     "demo": "demo",
     "ingest": "ingest",
+    "bench": "bench",
 }
 
 HELP: dict[str, str] = {
@@ -25,6 +26,7 @@ HELP: dict[str, str] = {
     "simulate": "write a realistic simulated raw exposure (with a truth file)",
     "demo": "simulate an LSSTCam exposure and show it",
     "ingest": "ingest raw CCD files into exposure stores (zarr) in a repository",
+    "bench": "benchmarks: ingest, detect, view (not tests; they take minutes)",
 }
 
 
