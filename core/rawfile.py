@@ -23,12 +23,12 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from astropy.io import fits
@@ -58,7 +58,7 @@ CARD = 80
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 64 * 1024  # how much (decompressed) file the header-only reader asks for at a time
 _MAX_GUNZIP_HINT = 512 * 1024 * 1024  # never pre-allocate more than this from a gzip trailer
-_SEGMENT_RE = re.compile(r"Segment(\d\d)")
+_SEGMENT_RE = re.compile(r"Segment(\d\d)", re.IGNORECASE)  # astropy rewrites it SEGMENT10
 _DATASEC_RE = re.compile(r"\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]")
 _INT32 = np.iinfo(np.int32)
 
@@ -219,7 +219,7 @@ _CAMERA_OF_INSTRUME = {
     "latiss": "LATISS",
     "lsst_atiss": "LATISS",
 }
-_TEST_STAND_RE = re.compile(r"ucd|ts[38]\b|ts[38][-_]|^ts[38]", re.IGNORECASE)
+_TEST_STAND_RE = re.compile(r"ucd|ts[38]", re.IGNORECASE)
 _CAMERA_OF_CODE = {"MC": "LSSTCam", "CC": "ComCam", "AT": "LATISS"}
 _CODE_OF_CAMERA = {v: k for k, v in _CAMERA_OF_CODE.items()}
 
@@ -241,14 +241,19 @@ def _number(value: object, kind: type) -> int | float | None:
         return None
 
 
-def camera_from_header(header: fits.Header) -> Instrument:
-    """Which camera wrote the file, from INSTRUME, then TSTAND, then the OBSID prefix.
+def camera_from_header(header: Mapping[str, Any]) -> Instrument:
+    """Which camera wrote the file: the OBSID code (MC, CC, AT), then INSTRUME, then TSTAND.
 
-    Test stands (UCD, TS8, TS3) read LSSTCam CCDs, so they map to the LSSTCam camera while the
-    file's own instrument string is kept.
+    The OBSID code is the camera's own name for the exposure, so it wins: ComCam wrote the
+    generic INSTRUME 'LSST_CAMERA' in 2019. Test stands (UCD, TS8, TS3; OBSID code TS) read
+    LSSTCam CCDs, so they map to the LSSTCam camera; the file's own instrument string is kept.
     """
     instrume = _text(header.get("INSTRUME"))
     tstand = _text(header.get("TSTAND"))
+    obsid = _text(header.get("OBSID")) or _text(header.get("IMGNAME")) or ""
+    code = (obsid[:2] if "_" in obsid else _text(header.get("CAMCODE")) or "").upper()
+    if code in _CAMERA_OF_CODE:
+        return Instrument(_CAMERA_OF_CODE[code], instrume or code, False)
     if instrume:
         camera = _CAMERA_OF_INSTRUME.get(instrume.lower())
         if camera:
@@ -257,18 +262,16 @@ def camera_from_header(header: fits.Header) -> Instrument:
             return Instrument("LSSTCam", instrume, True)
     if tstand and _TEST_STAND_RE.search(tstand):
         return Instrument("LSSTCam", instrume or tstand, True)
-    obsid = _text(header.get("OBSID")) or ""
-    code = obsid[:2].upper() or (_text(header.get("CAMCODE")) or "").upper()
-    if code in _CAMERA_OF_CODE:
-        return Instrument(_CAMERA_OF_CODE[code], instrume or code, False)
     if code == "TS":
         return Instrument("LSSTCam", instrume or tstand or "TS", True)
+    if not instrume and "RTM-" in (_text(header.get("RAFTNAME")) or ""):
+        return Instrument("LSSTCam", "TS8", True)  # 2017 raft-test-stand files name only the RTM
     raise ValueError(
         f"unknown instrument (INSTRUME={instrume!r}, TSTAND={tstand!r}, OBSID={obsid!r})"
     )
 
 
-def dayobs_from_header(header: fits.Header) -> int | None:
+def dayobs_from_header(header: Mapping[str, Any]) -> int | None:
     """DAYOBS, or the observing day of DATE-OBS (Rubin's day rolls over at 12:00 TAI)."""
     dayobs = _text(header.get("DAYOBS"))
     if dayobs and dayobs.isdigit() and len(dayobs) == 8:
@@ -283,9 +286,10 @@ def dayobs_from_header(header: fits.Header) -> int | None:
     return None
 
 
-def obsid_from_header(header: fits.Header, instrument: Instrument) -> str:
-    """OBSID, or ``{code}_{controller}_{dayobs}_{seqnum:06d}`` built the way the camera does."""
-    obsid = _text(header.get("OBSID"))
+def obsid_from_header(header: Mapping[str, Any], instrument: Instrument) -> str:
+    """OBSID (IMGNAME in 2019 LATISS files), or ``{code}_{controller}_{dayobs}_{seqnum:06d}``
+    built the way the camera does."""
+    obsid = _text(header.get("OBSID")) or _text(header.get("IMGNAME"))
     if obsid:
         return obsid
     dayobs = dayobs_from_header(header)
@@ -299,7 +303,7 @@ def obsid_from_header(header: fits.Header, instrument: Instrument) -> str:
     return f"{code}_{controller}_{dayobs}_{seqnum:06d}"
 
 
-def detector_key_from_header(header: fits.Header, camera: str, path: str = "") -> str | int:
+def detector_key_from_header(header: Mapping[str, Any], camera: str, path: str = "") -> str | int:
     """The detector name (``R22_S11``) from RAFTBAY + CCDSLOT or the file name, else the
     ``det(\\d+)`` id in the file name; LATISS has the single detector ``RXX_S00``."""
     if camera == "LATISS":
@@ -365,7 +369,8 @@ def _stream(source: Source, name: str) -> Iterator[IO[bytes]]:
         else:
             opened = open(local, "rb")  # noqa: SIM115
     except (OSError, ValueError, ImportError) as exc:
-        raise RawFileError(name, f"cannot open: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise RawFileError(name, f"cannot open: {reason}") from None
     try:
         yield opened
     finally:
@@ -528,7 +533,10 @@ class _HDU:
 
     @property
     def extname(self) -> str:
-        return _text(self.cards.get("EXTNAME")) or ""
+        """EXTNAME, with segment names in the camera's spelling (``Segment10``) whatever the case."""
+        name = _text(self.cards.get("EXTNAME")) or ""
+        m = _SEGMENT_RE.fullmatch(name)
+        return f"Segment{m.group(1)}" if m else name
 
     @property
     def is_tiled_image(self) -> bool:
@@ -696,7 +704,7 @@ def read_raw_header(source: Source) -> RawInfo:
             offset = primary.data_offset + -(-primary.data_size // BLOCK) * BLOCK
             if data.ensure(offset + CARD):
                 first = _read_hdu(data, offset, 1, name, need_data=False)
-            if first is not None and first.extname == "IMAGE":
+            if first is not None and first.extname.upper() == "IMAGE":
                 data.read_all()  # a guider file: small, read it all to count the stamps
                 _raise_if_guider(_walk(data, name), name)
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -739,10 +747,16 @@ def _read_ccd(data: _Bytes, name: str, gzipped: bool) -> RawCCD:
         raise RawFileError(name, str(exc)) from None
     missing = [p.extname for p in placements if p.extname not in by_name]
     if missing:
+        listed = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        last = hdus[-1]
+        cut = last.data_offset + -(-last.data_size // BLOCK) * BLOCK > len(data.buf)
         raise RawFileError(
             name,
-            f"missing segment HDUs {', '.join(missing)} "
-            f"(found {len(by_name)} of {info.n_segments} for {info.detector})",
+            ("truncated file: " if cut else "")
+            + f"missing segment HDUs {listed} "
+            + f"(found {len(by_name)} of {info.n_segments} for {info.detector})",
         )
     extra = sorted(set(by_name) - {p.extname for p in placements})
     if extra:
@@ -794,7 +808,7 @@ def _primary_header(hdu: _HDU, name: str) -> fits.Header:
 
 
 def _raise_if_guider(hdus: list[_HDU], name: str) -> None:
-    stamps = [h for h in hdus[1:] if h.extname == "IMAGE" and h.is_image]
+    stamps = [h for h in hdus[1:] if h.extname.upper() == "IMAGE" and h.is_image]
     if stamps and not any(_SEGMENT_RE.fullmatch(h.extname) for h in hdus):
         raise GuiderStampFileError(name, len(stamps), stamps[0].image_shape())
 
