@@ -1,0 +1,293 @@
+"""cvt.display against slow, obvious references (no Qt)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cvt import display as d
+
+# ---------------------------------------------------------------------------------------------
+# Slow references
+
+
+def ref_curve(name: str, t: float) -> float:
+    t = min(max(t, 0.0), 1.0)
+    if name == "linear":
+        return t
+    if name == "log":  # ds9: log10(a x + 1) / log10(a), a = 1000 (here normalised by a + 1)
+        return math.log10(1000.0 * t + 1.0) / math.log10(1001.0)
+    if name == "sqrt":
+        return math.sqrt(t)
+    if name == "asinh":
+        return math.asinh(10.0 * t) / math.asinh(10.0)
+    raise ValueError(name)
+
+
+def ref_zscale(values, n_samples=1000, contrast=0.25, max_reject=0.5, min_npixels=5, krej=2.5):
+    """IRAF's zsc_sample / zsc_fit_line / zscale, transliterated with plain Python loops."""
+    flat = [float(v) for v in np.ravel(values) if math.isfinite(v)]
+    stride = int(max(1.0, len(flat) / n_samples))
+    sample = sorted(flat[::stride][:n_samples])
+    npix = len(sample)
+    zmin, zmax = sample[0], sample[-1]
+    minpix = max(min_npixels, int(npix * max_reject))
+    ngrow = max(1, int(npix * 0.01))
+    bad = [False] * npix
+    ngood, last = npix, npix + 1
+    slope = intercept = 0.0
+    fitted = False
+    for _ in range(5):
+        if ngood >= last or ngood < minpix:
+            break
+        xs = [i for i in range(npix) if not bad[i]]
+        ys = [sample[i] for i in xs]
+        xm, ym = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - xm) ** 2 for x in xs)
+        slope = sum((x - xm) * (y - ym) for x, y in zip(xs, ys)) / sxx
+        intercept = ym - slope * xm
+        fitted = True
+        resid = [sample[i] - (slope * i + intercept) for i in range(npix)]
+        good_res = [resid[i] for i in range(npix) if not bad[i]]
+        mean = sum(good_res) / len(good_res)
+        sigma = math.sqrt(sum((r - mean) ** 2 for r in good_res) / len(good_res))
+        thr = krej * sigma
+        rejected = [bad[i] or abs(resid[i]) > thr for i in range(npix)]
+        # grow: numpy's convolve(mode="same") with a box of ngrow: window [i - h, i + ngrow - 1 - h]
+        h = (ngrow - 1) // 2
+        grown = []
+        for i in range(npix):
+            lo, hi = i - (ngrow - 1 - h), i + h
+            grown.append(any(rejected[j] for j in range(max(lo, 0), min(hi, npix - 1) + 1)))
+        bad = grown
+        last, ngood = ngood, npix - sum(bad)
+    if fitted and ngood >= minpix:
+        slope /= contrast
+        center = (npix - 1) // 2
+        s = sorted(sample)
+        median = 0.5 * (s[(npix - 1) // 2] + s[npix // 2])
+        zmin = max(zmin, median - (center - 1) * slope)
+        zmax = min(zmax, median + (npix - center) * slope)
+    return zmin, zmax
+
+
+def ref_midrank(sample, v) -> float:
+    """Histogram equalisation: the mid-rank fraction of ``v`` among the sample."""
+    n = len(sample)
+    below = sum(1 for s in sample if s < v)
+    at = sum(1 for s in sample if s == v)
+    return (below + 0.5 * max(at - 1, 0)) / (n - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["linear", "log", "sqrt", "asinh"])
+def test_stretch_curves_match_reference(name):
+    t = np.r_[-0.5, np.linspace(0, 1, 101), 1.7]
+    got = d.stretch_curve(name, t)
+    want = [ref_curve(name, float(x)) for x in t]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert got[1] == 0.0
+    assert got[-2] == pytest.approx(1.0)
+    assert np.all(np.diff(got) >= 0)
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="stretch"):
+        d.DisplaySettings(stretch="cubic")
+    with pytest.raises(ValueError, match="colour map"):
+        d.DisplaySettings(cmap="jet")
+    with pytest.raises(ValueError, match="percentiles"):
+        d.DisplaySettings(percentile=(99.0, 1.0))
+
+
+def test_minmax_and_percentile_ignore_nan():
+    rng = np.random.default_rng(1)
+    v = rng.normal(100, 10, 5000)
+    v[::97] = np.nan
+    finite = v[np.isfinite(v)]
+    assert d.minmax_limits(v) == (finite.min(), finite.max())
+    lo, hi = d.percentile_limits(v, 0.5, 99.5)
+    s = np.sort(finite)
+    # the linear-interpolation percentile, written out
+    for p, got in ((0.5, lo), (99.5, hi)):
+        pos = p / 100 * (s.size - 1)
+        i = math.floor(pos)
+        want = s[i] + (pos - i) * (s[i + 1] - s[i])
+        assert got == pytest.approx(want)
+    assert d.minmax_limits(np.full(4, np.nan)) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zscale_matches_iraf_reference_and_astropy(seed):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(1000.0, 20.0, (300, 300))
+    img[rng.integers(0, 300, 400), rng.integers(0, 300, 400)] += rng.exponential(5000, 400)
+    img[:, 17] = 60000.0  # a hot column
+    img[5:9, :] = np.nan
+    got = d.zscale_limits(img)
+    want = ref_zscale(img)
+    assert got == pytest.approx(want, rel=1e-9)
+    from astropy.visualization import ZScaleInterval
+
+    assert got == pytest.approx(ZScaleInterval().get_limits(img), rel=1e-9)
+    # the limits bracket the sky, not the outliers
+    assert 900 < got[0] < 1000 < got[1] < 1150
+
+
+def test_zscale_of_a_constant_and_of_too_few_pixels():
+    assert d.zscale_limits(np.full(100, 5.0)) == (5.0, 5.0)
+    assert d.zscale_limits(np.array([1.0, 2.0, 3.0])) == (1.0, 3.0)
+    assert d.zscale_limits(np.array([np.nan])) == (0.0, 1.0)
+
+
+def test_sorted_sample_keeps_extremes_and_quantiles():
+    rng = np.random.default_rng(3)
+    v = rng.lognormal(3, 1, 100_000).astype(np.float32)
+    v[::1000] = np.nan
+    s = d.sorted_sample(v, 4096)
+    assert s.size == 4096
+    assert np.all(np.diff(s) >= 0)
+    finite = v[np.isfinite(v)]
+    assert s[0] == finite.min() and s[-1] == finite.max()
+    for q in (10, 50, 90):
+        assert np.percentile(s, q) == pytest.approx(np.percentile(finite, q), rel=0.01)
+    assert d.sorted_sample(np.array([np.nan, np.nan])).size == 0
+
+
+def test_histeq_transfer_is_the_midrank_cdf():
+    rng = np.random.default_rng(4)
+    sample = np.sort(rng.gamma(2.0, 50.0, 300)).astype(np.float32)
+    sample[100:140] = sample[100]  # a run of equal values
+    sample = np.sort(sample)
+    fn = d.transfer(sample, d.DisplaySettings(stretch="histeq", limits="minmax"))
+    assert fn.curve == "interp" and np.all(np.diff(fn.xs) > 0)
+    for v in sample[::7]:
+        assert fn(v) == pytest.approx(ref_midrank(list(sample), v), abs=1e-9)
+    # the equalised values are uniform: every decile of the output holds ~10% of the pixels
+    data = rng.gamma(2.0, 50.0, 50_000)
+    sample = d.sorted_sample(data)
+    out = d.transfer(sample, d.DisplaySettings(stretch="histeq"))(data)
+    counts, _ = np.histogram(out, bins=10, range=(0, 1))
+    assert counts.min() > 0.08 * data.size and counts.max() < 0.12 * data.size
+
+
+def test_histeq_within_limits_clips_outside():
+    sample = np.arange(1000, dtype=np.float32)
+    s = d.DisplaySettings(stretch="histeq", limits="percentile", percentile=(10.0, 90.0))
+    fn = d.transfer(sample, s)
+    assert fn(50.0) == 0.0
+    assert fn(950.0) == 1.0
+    assert fn(500.0) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("stretch", ["linear", "log", "sqrt", "asinh"])
+def test_apply_transfer_matches_per_pixel_reference(stretch):
+    rng = np.random.default_rng(5)
+    data = rng.normal(50, 30, (40, 50)).astype(np.float32)
+    data[3, 4] = np.nan
+    settings = d.DisplaySettings(stretch=stretch, limits="manual", manual=(10.0, 90.0))
+    got = d.apply_transfer(data, d.transfer(np.sort(data[np.isfinite(data)]), settings))
+    assert got.dtype == np.uint8
+    for (r, c), v in np.ndenumerate(data):
+        if not math.isfinite(v):
+            assert got[r, c] == 0
+            continue
+        want = 1 + int(254 * ref_curve(stretch, (v - 10.0) / 80.0) + 0.5)
+        assert abs(int(got[r, c]) - want) <= 1, (r, c, v)
+    assert got[data <= 10].max() == 1
+    assert got[data >= 90].min() == 255
+
+
+def test_a_dead_amp_is_dark_whatever_the_stretch():
+    sample = np.zeros(500, dtype=np.float32)
+    for stretch in d.STRETCHES:
+        for limits in ("minmax", "percentile", "zscale"):
+            fn = d.transfer(sample, d.DisplaySettings(stretch=stretch, limits=limits))
+            assert d.apply_transfer(np.zeros((3, 3), np.float32), fn).max() == 1
+
+
+def test_scopes_and_apply_rects():
+    # two amps of one CCD with different levels, and a second CCD
+    a0 = np.linspace(0, 10, 1000)
+    a1 = np.linspace(1000, 1010, 1000)
+    a2 = np.linspace(500, 600, 1000)
+    samples = [d.sorted_sample(x) for x in (a0, a1, a2)]
+    amp_ccd = [0, 0, 1]
+    tile = np.empty((4, 6), dtype=np.float32)
+    tile[:, :3] = 10.0  # top of amp 0
+    tile[:, 3:] = 1000.0  # bottom of amp 1
+    rects = [(0, 0, 4, 0, 3), (1, 0, 4, 3, 6)]
+    lin = d.DisplaySettings(stretch="linear", limits="minmax")
+    per_amp = d.apply_rects(
+        tile, rects, d.build_transfers(1, lin.with_(scope="amp"), samples, amp_ccd)
+    )
+    assert (per_amp[:, :3] == 255).all() and (per_amp[:, 3:] == 1).all()
+    per_ccd = d.build_transfers(2, lin.with_(scope="ccd"), samples, amp_ccd)
+    assert per_ccd.row(0) == per_ccd.row(1) == 0 and per_ccd.row(2) == 1
+    out = d.apply_rects(tile, rects, per_ccd)
+    assert (out[:, :3] == int(1.5 + 254 * 10 / 1010)).all()
+    assert (out[:, 3:] == int(1.5 + 254 * 1000 / 1010)).all()
+    glob = d.build_transfers(3, lin.with_(scope="global"), samples, amp_ccd)
+    assert glob.limits() == (0.0, 1010.0)
+    # pixels outside every rect use the global transfer; NaN stays "no data"
+    tile[0, 0] = np.nan
+    out = d.apply_rects(tile, [(1, 0, 4, 3, 6)], d.build_transfers(4, lin, samples, amp_ccd))
+    assert out[0, 0] == 0 and out[1, 0] == int(1.5 + 254 * 10 / 1010)
+
+
+def test_amp_without_statistics_uses_the_global_transfer():
+    samples = [d.sorted_sample(np.arange(100.0)), np.empty(0, np.float32)]
+    t = d.build_transfers(1, d.DisplaySettings(stretch="linear"), samples, [0, 0])
+    assert t.row(1) == t.fallback and t.row(0) == 0 and t.row(99) == t.fallback
+
+
+def test_stage_changed():
+    s = d.DisplaySettings()
+    assert s.stage_changed(s) is None
+    assert s.with_(cmap="heat").stage_changed(s) == "cmap"
+    assert s.with_(stretch="log").stage_changed(s) == "stretch"
+    assert s.with_(scope="global", cmap="heat").stage_changed(s) == "stretch"
+
+
+def test_colour_maps():
+    assert len(d.COLORMAPS) >= 8
+    for name in d.COLORMAPS:
+        c = d.colormap(name)
+        assert c.shape == (d.N_COLOURS, 3)
+        assert c.min() >= 0 and c.max() <= 1
+        lut = d.index_lut(name)
+        assert lut.shape == (256, 4) and lut.dtype == np.uint8
+        assert lut[0, 3] == 0 and (lut[1:, 3] == 255).all()
+    # the published end points
+    assert d.index_lut("viridis")[1, :3].tolist() == [68, 1, 84]
+    assert d.index_lut("viridis")[255, :3].tolist() == [253, 231, 37]
+    assert d.index_lut("heat")[255, :3].tolist() == [255, 255, 255]
+    # perceptual maps grow in lightness
+    for name in ("grey", "viridis", "magma", "inferno", "plasma", "cividis"):
+        c = d.colormap(name)
+        luma = c @ [0.2126, 0.7152, 0.0722]
+        assert np.all(np.diff(luma) > -0.01), name
+
+
+def test_histogram():
+    counts, edges = d.histogram(np.r_[np.arange(10.0), np.nan], bins=5)
+    assert counts.tolist() == [2, 2, 2, 2, 2] and edges[0] == 0 and edges[-1] == 9
+
+
+@pytest.mark.parametrize("stretch", d.STRETCHES)
+def test_fast_index_matches_the_exact_transfer(stretch):
+    rng = np.random.default_rng(6)
+    x = rng.normal(1000, 30, (256, 256)).astype(np.float32)
+    x[::50, ::7] = np.nan
+    x[100:110, 100:110] = 1e5  # a saturated star: far outside the body of the distribution
+    x[0, :20] = -500.0
+    fn = d.transfer(d.sorted_sample(x), d.DisplaySettings(stretch=stretch))
+    exact = fn(x)
+    want = np.where(np.isfinite(exact), 1.5 + 254 * np.nan_to_num(exact), 0).astype(np.uint8)
+    got = fn.index(x)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    assert (got[np.isnan(x)] == 0).all() and (got[100:110, 100:110] == 255).all()
