@@ -250,8 +250,10 @@ class Transfer:
 
     @cached_property
     def _body(self) -> tuple[float, float, np.ndarray]:
-        """A uniform lookup table over the central 99.8 % of the equalised distribution."""
-        lo, hi = np.interp([0.001, 0.999], self.ys, self.xs)
+        """A uniform lookup table over the central 96 % of the equalised distribution; the tails
+        (stars, hot pixels: a uniform table over them would be too coarse for the sky) go
+        through the exact ``np.interp``."""
+        lo, hi = np.interp([0.02, 0.98], self.ys, self.xs)
         if not hi > lo:
             lo, hi = self.lo, self.hi
         grid = np.linspace(lo, hi, BODY_LUT_SIZE)
