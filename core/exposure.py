@@ -176,12 +176,18 @@ class OverviewGrid:
         ny = math.ceil((math.ceil(bounds[3]) - y0) / coarse) * coarse // fine
         return cls(x0, y0, nx, ny, np.zeros((ny, nx)), np.zeros((ny, nx), dtype=np.int64))
 
-    def placement(self, origin: tuple[float, float]) -> tuple[int, int, int, int]:
-        """(bin x, bin y, offset x, offset y) of a detector whose level 0 starts at ``origin``."""
+    def bin_detector(self, levels: list[np.ndarray], origin: tuple[float, float]):
+        """(bin x, bin y, sums, counts) of one detector on this grid, from its level 1 (a quarter
+        of the pixels of level 0): each bin is the mean of the level-1 pixels whose lower-left
+        corner falls in it, placed to within one level-0 pixel."""
+        from core.isr import bin_onto_grid
+
         f = OVERVIEW_FACTORS[0]
         ox = round(origin[0]) - self.x0
         oy = round(origin[1]) - self.y0
-        return ox // f, oy // f, ox % f, oy % f
+        level, scale = (levels[1], 2) if len(levels) > 1 else (levels[0], 1)
+        sums, counts = bin_onto_grid(level, (ox % f) // scale, (oy % f) // scale, f // scale)
+        return ox // f, oy // f, sums, counts
 
     def add(self, bx: int, by: int, sums: np.ndarray, counts: np.ndarray) -> None:
         h, w = sums.shape

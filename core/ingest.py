@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+import numcodecs
 
 from core import isr
 from core.camera import Camera, load_camera
@@ -144,6 +144,7 @@ def _ingest_ccd(
 ) -> CcdResult:
     """One task: read, process, write this CCD's arrays into the partial exposure."""
     result = CcdResult(path=path)
+    numcodecs.blosc.set_nthreads(1)  # one process per core already
     try:
         t0 = time.perf_counter()
         raw = read_raw(path)
@@ -156,9 +157,7 @@ def _ingest_ccd(
         write_detector(writer, product)
         t3 = time.perf_counter()
         grid = OverviewGrid(grid_origin[0], grid_origin[1], 0, 0)
-        bx, by, ox, oy = grid.placement(product.origin)
-        sums, counts = isr.bin_onto_grid(product.levels[0], ox, oy, 16)
-        result.overview = (bx, by, sums.astype(np.float64), counts)
+        result.overview = grid.bin_detector(product.levels, product.origin)
         result.detector = product.name
         result.nodes = writer.nodes
         result.timings = {

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core import isr
 from core.camera import load_camera
 from core.exposure import OverviewGrid, write_detector
 from core.ingest import find_raw_files, ingest, process_ccd
@@ -102,9 +101,7 @@ def ours_ccd(path: str, out_dir: str) -> float:
     product = process_ccd(raw, load_camera(raw.info.camera))
     writer = Writer(os.path.join(out_dir, f"{raw.info.detector}.zarr"))
     write_detector(writer, product)
-    grid = OverviewGrid(0, 0, 0, 0)
-    _, _, ox, oy = grid.placement(product.origin)
-    isr.bin_onto_grid(product.levels[0], ox, oy, 16)
+    OverviewGrid(0, 0, 0, 0).bin_detector(product.levels, product.origin)
     return time.perf_counter() - t0
 
 
