@@ -22,7 +22,6 @@ echo "== tests"
 
 echo "== core tests without Qt (.venv-noqt)"
 "$PY" -m venv .venv-noqt
-.venv-noqt/bin/pip install -q --no-deps -e .
 core_deps=$(.venv/bin/python - <<'PY'
 import tomllib
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
@@ -32,6 +31,7 @@ PY
 )
 # shellcheck disable=SC2086
 .venv-noqt/bin/pip install -q $core_deps
+.venv-noqt/bin/pip install -q --no-deps -e .
 .venv-noqt/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('PySide6', 'pyqtgraph')))" \
   || { echo "the no-Qt environment has Qt in it"; exit 1; }
 .venv-noqt/bin/python -m pytest tests/core -p no:pytest-qt
