@@ -47,10 +47,9 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -1239,7 +1238,7 @@ def _write_raw(
 def _simulate_and_write(
     plan: _Plan, detector: str, outdir: str, compress: str | None, parallel: bool
 ) -> dict[str, Any]:
-    """One CCD of an exposure: simulate, write, return its truth (runs in worker processes)."""
+    """One CCD of an exposure: simulate, write, return its truth (runs in worker threads)."""
     ccd = _simulate(plan, detector, parallel, keep_signal=False)
     _write_raw(Path(outdir) / ccd.truth["file"], ccd, plan, compress, parallel)
     return ccd.truth
@@ -1256,14 +1255,16 @@ def simulate_exposure(
     compress: str | None = None,
     faults: bool | Iterable[Fault] = True,
     workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SimulatedExposure:
     """Write one exposure's raw files (one per detector; all of the camera's by default) and its
     truth file into ``outdir``.
 
     ``faults``: True picks random ones (``choose_faults``), False none, or an explicit list of
-    ``Fault`` (params left out are filled in). ``workers``: processes across CCDs (default: the
-    number of cores, at most one per CCD); with 1 the CCDs run here, each on numba's threads.
-    The output is the same bytes whatever ``workers`` is.
+    ``Fault`` (params left out are filled in). ``workers``: threads across CCDs, each CCD on
+    one (the kernels release the GIL; default: the number of cores, at most one per CCD); with
+    1 the CCDs run one after the other, each spread over numba's threads. The output is the same
+    bytes whatever ``workers`` is. ``progress(done, total)`` is called after each CCD.
     """
     cam = _camera(camera)
     if compress not in (None, "rice"):
@@ -1281,15 +1282,23 @@ def simulate_exposure(
     out.mkdir(parents=True, exist_ok=True)
     n_workers = min(os.cpu_count() or 1, len(dets)) if workers is None else max(1, int(workers))
     n_workers = min(n_workers, len(dets))
+    truths: list[dict[str, Any]] = []
     if n_workers == 1:
-        truths = [_simulate_and_write(plan, d, str(out), compress, True) for d in dets]
+        for d in dets:
+            truths.append(_simulate_and_write(plan, d, str(out), compress, True))
+            if progress is not None:
+                progress(len(truths), len(dets))
     else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+        # numba's parallel kernels are not called from several threads at once (the workqueue
+        # threading layer forbids it): each worker runs the serial ones
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="cvt-simulate") as pool:
             futures = [
                 pool.submit(_simulate_and_write, plan, d, str(out), compress, False) for d in dets
             ]
-            truths = [fut.result() for fut in futures]
+            for fut in futures:
+                truths.append(fut.result())
+                if progress is not None:
+                    progress(len(truths), len(dets))
     truth = _exposure_truth(plan, truths, resolved, compress)
     truth_path = out / f"{plan.obsid}_truth.json"
     tmp = truth_path.with_name("." + truth_path.name + ".part")

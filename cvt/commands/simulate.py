@@ -42,8 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-faults", action="store_true", help="no injected defects")
     parser.add_argument(
-        "--workers", type=int, default=None, help="processes across CCDs (default: all cores)"
+        "--workers", type=int, default=None, help="threads across CCDs (default: all cores)"
     )
+
+
+def _progress(done: int, total: int) -> None:
+    end = "\n" if done == total else ""
+    print(f"\r  {done}/{total} CCDs", end=end, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 compress=args.compress,
                 faults=not args.no_faults,
                 workers=args.workers,
+                progress=_progress if sys.stderr.isatty() else None,
             )
         except (KeyError, ValueError) as e:
             print(f"cvt simulate: {e}", file=sys.stderr)

@@ -530,7 +530,7 @@ def _digest(path):
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     dets = ["R00_SW0", "R00_SW1"]  # wavefront sensors: half-size CCDs
     a = simulate_exposure(tmp_path / "a", detectors=dets, seed=11, workers=1)
-    b = simulate_exposure(tmp_path / "b", detectors=dets, seed=11, workers=2)  # processes
+    b = simulate_exposure(tmp_path / "b", detectors=dets, seed=11, workers=2)  # threads
     assert len(a.files) == 2
     for fa, fb in zip(a.files, b.files, strict=True):
         assert _digest(fa) == _digest(fb)
