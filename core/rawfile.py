@@ -742,6 +742,10 @@ def _read_ccd(data: _Bytes, name: str, gzipped: bool) -> RawCCD:
             by_name[hdu.extname] = hdu
     if not by_name:
         raise RawFileError(name, "no SegmentNN HDUs: not a raw CCD file")
+    for hdu in by_name.values():
+        if hdu.is_tiled_image and hdu.cards.get("ZCMPTYPE") != "RICE_1":
+            kind = hdu.cards.get("ZCMPTYPE")
+            raise RawFileError(name, f"{hdu.extname}: tile compression {kind} (raws are RICE_1)")
     tiled = any(h.is_tiled_image for h in by_name.values())
     compression = "rice" if tiled else ("gzip" if gzipped else "none")
     info = _identify(_primary_header(hdus[0], name), name, compression, gzipped)

@@ -302,6 +302,14 @@ def test_unknown_detector_and_instrument(tmp_path):
     check_error(path, "unknown instrument", "FooCam")
 
 
+def test_other_tile_compression_is_refused(tmp_path):
+    path = tmp_path / "raw.fits"
+    make_raw(path, rice=True)
+    data = bytearray(path.read_bytes())
+    path.write_bytes(patched(data, b"EXTNAME = 'Segment04'", "ZCMPTYPE", "'GZIP_1  '"))
+    check_error(path, "Segment04: tile compression GZIP_1 (raws are RICE_1)")
+
+
 def test_e2v_wavefront_is_refused(tmp_path):
     path = tmp_path / "raw.fits"
     make_raw(path, vendor="E2V", detector=("R00", "SW1"), n_segments=8)
