@@ -459,7 +459,8 @@ def rice_encode(a, out):
     out[2] = np.uint8((first >> np.uint32(8)) & np.uint32(0xFF))
     out[3] = np.uint8(first & np.uint32(0xFF))
     pos = 4
-    acc = np.uint64(0)  # pending bits, right-aligned
+    acc = np.uint64(0)  # pending bits: the low `nacc` (< 8 between pixels); higher bits are
+    # already written and just fall off the top as acc shifts
     nacc = 0
     diff = np.empty(RICE_BLOCK, dtype=np.int64)
     last = np.int64(a[0])
@@ -495,7 +496,6 @@ def rice_encode(a, out):
                     nacc -= 8
                     out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
                     pos += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
         elif fs == 0 and total == 0.0:
             acc = acc << np.uint64(_FSBITS)
             nacc += _FSBITS
@@ -503,40 +503,34 @@ def rice_encode(a, out):
                 nacc -= 8
                 out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
                 pos += 1
-            acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
         else:
             acc = (acc << np.uint64(_FSBITS)) | np.uint64(fs + 1)
             nacc += _FSBITS
             mask = (np.int64(1) << fs) - 1
+            lead = np.uint64(1) << np.uint64(fs)
             for j in range(nb):
                 v = diff[j]
                 top = v >> fs
-                # `top` zeros then a one
-                while top > 0:
-                    step = top if top < 32 else 32
-                    acc = acc << np.uint64(step)
-                    nacc += step
-                    top -= step
-                    while nacc >= 8:
-                        nacc -= 8
-                        out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
-                        pos += 1
-                    acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
-                acc = (acc << np.uint64(1)) | np.uint64(1)
-                nacc += 1
-                if fs > 0:
-                    acc = (acc << np.uint64(fs)) | np.uint64(v & mask)
-                    nacc += fs
+                if top < 24:  # the usual case: `top` zeros, a one and fs bits in one go
+                    nbits = top + 1 + fs
+                    acc = (acc << np.uint64(nbits)) | lead | np.uint64(v & mask)
+                    nacc += nbits
+                else:
+                    while top > 0:  # `top` zeros, 32 at a time
+                        step = top if top < 32 else 32
+                        acc = acc << np.uint64(step)
+                        nacc += step
+                        top -= step
+                        while nacc >= 8:
+                            nacc -= 8
+                            out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
+                            pos += 1
+                    acc = (acc << np.uint64(1 + fs)) | lead | np.uint64(v & mask)
+                    nacc += 1 + fs
                 while nacc >= 8:
                     nacc -= 8
                     out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
                     pos += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
-            while nacc >= 8:
-                nacc -= 8
-                out[pos] = np.uint8((acc >> np.uint64(nacc)) & np.uint64(0xFF))
-                pos += 1
-            acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
     if nacc > 0:
         out[pos] = np.uint8((acc << np.uint64(8 - nacc)) & np.uint64(0xFF))
         pos += 1

@@ -10,8 +10,16 @@ per tile, and the header-only ``REB_COND`` and ``CONFIG_COND`` tables.
 The signal (sky, stars, cosmic rays, flat light, dark current, defects) is made in the assembled
 CCD frame (``core.camera``; array row 0 at the bottom) in electrons, then each amplifier reads
 its data section through ``core.layout`` (un-flipped into readout order), with its own bias level,
-a slow row-to-row bias wander, gain, Poisson noise, read noise (data, prescan and overscan),
-deferred charge in the first overscan columns and rows (EPER), and saturation.
+a slow row-to-row bias wander, gain, Poisson noise (exact below 20 e-, its normal limit above),
+read noise (data, prescan and overscan), deferred charge in the first overscan columns and rows
+(EPER), and saturation: charge above the full well (the amp's saturation level less its bias,
+in e-) bleeds up and down its column, and the raw value is clipped at the saturation level and
+at 2**18 - 1. The camera table's gain, read noise and saturation are used where sensible (gain
+0.5-3 e-/ADU, read noise 2-25 e-, saturation 7e4 .. 2**18 - 1 ADU), else 1.5, the vendor's
+median and 1.35e5.
+
+``simulate_ccd`` makes one CCD in memory (for tests and benchmarks); ``simulate_exposure``
+writes an exposure; ``Fault`` lists inject specific defects.
 
 Everything is deterministic for a seed: the same bytes every time, whatever the number of
 threads or processes; the noise is counter-based (``core._simulate_kernels``). The defects

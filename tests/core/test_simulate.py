@@ -578,6 +578,11 @@ def test_comcam_and_latiss_names(tmp_path):
     )
     assert h["LSST_NUM"] == "ITL-3800C-068" and h["IMGTYPE"] == "BIAS" and h["EXPTIME"] == 0.0
     assert fits.getheader(exp.files[0], 1)["CRVAL1F"] == 16826.0  # as the real 2024 LATISS raw
+    # one CCD made in memory and written is the same file, byte for byte
+    faults = choose_faults("LATISS", ["RXX_S00"], seed=1)  # what the exposure chose
+    ccd = simulate_ccd("R00_S00", camera="LATISS", seed=1, image_type="bias", faults=faults)
+    assert ccd.filename == exp.files[0].name
+    assert ccd.write(tmp_path / "again.fits").read_bytes() == exp.files[0].read_bytes()
     info = read_raw(exp.files[0]).info
     assert (info.camera, info.detector, info.obsid) == ("LATISS", "RXX_S00", "AT_O_20261125_000001")
     with pytest.raises(KeyError):
