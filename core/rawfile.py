@@ -37,6 +37,7 @@ from astropy.io import fits
 
 from core.camera import load_camera
 from core.layout import AmpPlacement, amp_placements, vendor_from_header
+from core.rice import decode_rice_hdu, image_header
 
 __all__ = [
     "GuiderStampFileError",
@@ -630,10 +631,17 @@ def _walk(data: _Bytes, name: str) -> list[_HDU]:
 # Pixels
 
 
-def _decode_tiles(hdu_bytes: bytes) -> tuple[np.ndarray, fits.Header]:
-    """One tile-compressed image HDU (header + data bytes) decoded to its integer pixels and its
-    image header: the one place a faster RICE decoder will replace astropy."""
-    table = fits.BinTableHDU.fromstring(hdu_bytes)
+def _decode_tiles(hdu: _HDU, data: _Bytes) -> tuple[np.ndarray, fits.Header | None]:
+    """One tile-compressed image HDU decoded to its integer pixels (and, when astropy had to do
+    it, the image header it made). RICE_1 integer tiles go through our numba decoder
+    (``core.rice``, all tiles in one call); anything else through astropy."""
+    body = data.buf[hdu.data_offset : hdu.data_offset + hdu.data_size]
+    pixels = decode_rice_hdu(hdu.header, body)
+    if pixels is not None:
+        return pixels, image_header(hdu.header)
+    table = fits.BinTableHDU.fromstring(
+        bytes(data.buf[hdu.header_offset : hdu.data_offset + hdu.data_size])
+    )
     image = fits.CompImageHDU(bintable=table)
     return image.data, image.header
 
@@ -645,9 +653,7 @@ def _segment_into(hdu: _HDU, data: _Bytes, out: np.ndarray, name: str) -> fits.H
     """
     if hdu.is_tiled_image:
         try:
-            pixels, header = _decode_tiles(
-                bytes(data.buf[hdu.header_offset : hdu.data_offset + hdu.data_size])
-            )
+            pixels, header = _decode_tiles(hdu, data)
         except Exception as exc:  # astropy raises many kinds for corrupt tiles
             raise RawFileError(name, f"{hdu.extname}: cannot decode tiles ({exc})") from None
         if pixels.dtype.kind not in "iu" or pixels.shape != out.shape:
