@@ -112,7 +112,16 @@ def merge_samples(samples: Iterable[np.ndarray], size: int = SAMPLE_SIZE) -> np.
     parts = [s for s in samples if s.size]
     if not parts:
         return np.empty(0, dtype=np.float32)
+    total = sum(s.size for s in parts)
+    if total > 4 * size:  # thin each part first (its own order statistics): no huge sort
+        parts = [_thin(s, max(1, round(2 * size * s.size / total))) for s in parts]
     return sorted_sample(np.concatenate(parts), size)
+
+
+def _thin(sorted_values: np.ndarray, n: int) -> np.ndarray:
+    if sorted_values.size <= n:
+        return sorted_values
+    return sorted_values[np.linspace(0, sorted_values.size - 1, n).round().astype(np.int64)]
 
 
 def minmax_limits(values: np.ndarray) -> tuple[float, float]:
@@ -258,16 +267,16 @@ class Transfer:
             lo, hi = self.lo, self.hi
         grid = np.linspace(lo, hi, BODY_LUT_SIZE)
         lut = _to_index(np.interp(grid, self.xs, self.ys).astype(np.float32))
-        return float(lo), float(hi), lut
+        return float(lo), float(hi), np.r_[lut, np.uint8(0)]
 
     def _index_equalised(self, data: np.ndarray) -> np.ndarray:
         lo, hi, lut = self._body
         y = np.subtract(data, np.float32(lo), dtype=np.float32)
         y *= np.float32((BODY_LUT_SIZE - 1) / (hi - lo))
         y += np.float32(0.5)
-        outside = ~((y >= 0.0) & (y < BODY_LUT_SIZE))  # NaN too
+        outside = (y < 0.0) | (y >= BODY_LUT_SIZE)  # NaN compares False: not outside
         np.clip(y, 0.0, BODY_LUT_SIZE - 1, out=y)
-        np.nan_to_num(y, copy=False, nan=0.0)
+        np.nan_to_num(y, copy=False, nan=BODY_LUT_SIZE)  # the table's last entry: no data
         out = lut[y.astype(np.uint16)]
         if outside.any():
             x = np.asarray(data)[outside]

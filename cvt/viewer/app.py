@@ -1,0 +1,128 @@
+"""Running the viewer: interactively, or scripted offscreen for a screenshot."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def ensure_platform(offscreen: bool) -> None:
+    """Offscreen rendering when asked, or when there is no display at all."""
+    if os.environ.get("QT_QPA_PLATFORM"):
+        return
+    if offscreen or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        if sys.platform.startswith("linux"):
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+def application():
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication([sys.argv[0] if sys.argv else "cvt"])
+        app.setApplicationName("cvt")
+    return app
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must be WxH (e.g. 1600x1000), not {text!r}") from None
+    if not (16 <= w <= 16384 and 16 <= h <= 16384):
+        raise ValueError(f"size {w}x{h} out of range")
+    return w, h
+
+
+def run_view(
+    url: str,
+    *,
+    screenshot: str | None = None,
+    goto: str | None = None,
+    overlay: str | None = None,
+    size: tuple[int, int] | None = None,
+    settings: dict | None = None,
+    tile_budget_mb: int | None = None,
+    timeout: float = 120.0,
+) -> int:
+    """Open ``url`` in a window. With ``screenshot``: render offscreen, write the PNG once every
+    needed tile is drawn, and return 0 (2 if the exposure cannot be read, 1 on a timeout)."""
+    ensure_platform(offscreen=screenshot is not None)
+    app = application()
+    from PySide6.QtCore import QTimer
+
+    from cvt.viewer.window import DEFAULT_TILE_BUDGET_MB, ViewerWindow
+
+    w = ViewerWindow(
+        tile_budget_mb=tile_budget_mb or DEFAULT_TILE_BUDGET_MB, animate=screenshot is None
+    )
+    state = {"code": 0, "tables": overlay is None, "goto_done": goto is None, "written": False}
+    if size is not None:
+        if screenshot is not None:
+            w.view.setFixedSize(*size)
+        else:
+            w.resize(*size)
+    if screenshot is not None:
+        for dock in (w.hist_dock, w.health_dock, w.header_dock):
+            dock.hide()
+    if settings:
+        w.set_settings(**settings)
+
+    def fail(message: str, code: int) -> None:
+        print(f"cvt view: {message}", file=sys.stderr)
+        state["code"] = code
+        w.close()
+        app.quit()
+
+    def on_opened(exposure) -> None:
+        if goto and not w.goto(goto, animate=False):
+            fail(f"{exposure.obsid} has no detector or amp {goto!r}", 2)
+            return
+        state["goto_done"] = True
+
+    def on_tables() -> None:
+        if overlay is None or state["tables"]:
+            return
+        if overlay not in w.metrics:
+            names = ", ".join(list(w.metrics)[:20]) or "none: the exposure has no metrics table"
+            fail(f"no metric {overlay!r} (metrics: {names})", 2)
+            return
+        w.set_metric(overlay)
+        state["tables"] = True
+        maybe_write()
+
+    def maybe_write() -> None:
+        if screenshot is None or state["written"] or not state["goto_done"]:
+            return
+        if not state["tables"] or not w.is_settled():
+            return
+        app.processEvents()
+        image = w.view.grab()
+        if not image.save(screenshot, "PNG"):
+            fail(f"cannot write {screenshot}", 1)
+            return
+        state["written"] = True
+        print(f"wrote {screenshot} ({image.width()}x{image.height()})")
+        w.close()
+        app.quit()
+
+    w.opened.connect(on_opened)
+    w.open_failed.connect(lambda msg: fail(f"cannot open {url}: {msg}", 2))
+    w.tables_loaded.connect(on_tables)
+    w.settled.connect(maybe_write)
+    w.show()
+    w.open(url)
+    if screenshot is not None:
+        t0 = time.monotonic()
+
+        def watchdog() -> None:
+            if not state["written"] and state["code"] == 0:
+                fail(f"timed out after {time.monotonic() - t0:.0f} s waiting for tiles", 1)
+
+        QTimer.singleShot(int(timeout * 1000), watchdog)
+    app.exec()
+    w.shutdown()
+    w.deleteLater()
+    return state["code"]

@@ -1,0 +1,283 @@
+"""Work off the GUI thread: a task runner and the tile loader.
+
+Threads: ``cvt-io-*`` (a ``ThreadPoolExecutor``: opening exposures, tile reads, pixel values,
+tables) and ``cvt-cpu-*`` (statistics, transfers, re-stretching, health evaluation). Results
+come back to the GUI thread as Qt signals (queued connections: the receivers live in the GUI
+thread, the emitters run in the workers). Nothing here touches a widget.
+
+The tile loader is request/response: the view asks for the tiles it wants, in order; requests
+still queued when the view moves on are cancelled; a response that no longer matches what the
+view wants (``generation``) is cached but not drawn. Each read also turns the data into the
+index image with the transfers current at the time (the stretch stage), so an arriving tile
+costs the GUI thread only a ``setImage``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+from cvt.display import apply_rects
+from cvt.viewer.stats import table_for, tile_samples
+from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey
+
+
+class TaskRunner(QObject):
+    """Two thread pools whose results are delivered on the GUI thread."""
+
+    _finished = Signal(object)
+
+    def __init__(self, io_threads: int = 4, cpu_threads: int = 2, parent: QObject | None = None):
+        super().__init__(parent)
+        self.pools = {
+            "io": ThreadPoolExecutor(io_threads, thread_name_prefix="cvt-io"),
+            "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu"),
+        }
+        self._closed = False
+        self._outstanding = 0
+        self._lock = threading.Lock()
+        self._finished.connect(self._deliver)
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted whose result has not been delivered yet."""
+        return self._outstanding
+
+    def submit(
+        self,
+        pool: str,
+        fn: Callable,
+        *args,
+        on_done: Callable | None = None,
+        on_error: Callable | None = None,
+    ) -> Future | None:
+        if self._closed:
+            return None
+        with self._lock:
+            self._outstanding += 1
+        fut = self.pools[pool].submit(fn, *args)
+        fut.add_done_callback(lambda f: self._emit((f, on_done, on_error)))
+        return fut
+
+    def _emit(self, item) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(RuntimeError):  # the QObject is gone (shutting down)
+            self._finished.emit(item)
+
+    def _deliver(self, item) -> None:
+        fut, on_done, on_error = item
+        with self._lock:
+            self._outstanding -= 1
+        if self._closed or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            if on_error is not None:
+                on_error(exc)
+            else:
+                traceback.print_exception(exc)
+            return
+        if on_done is not None:
+            on_done(fut.result())
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, wait for what has (no thread outlives the window)."""
+        self._closed = True
+        for pool in self.pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(order=True)
+class _Request:
+    priority: tuple
+    seq: int
+    key: TileKey = field(compare=False)
+    generation: int = field(compare=False)
+    resident: bool = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+
+class TileLoader(QObject):
+    """Reads tiles on the ``io`` pool, best first, and hands them to the GUI thread.
+
+    Priorities: the coarsest overview level (the first frame), then the view's tiles in the
+    order asked, then the rest of the overview, coarse to fine.
+    """
+
+    tile_loaded = Signal(object)  # Tile, for the view (only if still wanted)
+    tile_read = Signal(object)  # every detector Tile read (wanted or not): for the statistics
+    resident_loaded = Signal(object)  # Tile of the overview
+    _response = Signal(object)
+
+    def __init__(self, runner: TaskRunner, cache: TileCache, parent: QObject | None = None):
+        super().__init__(parent)
+        self.runner = runner
+        self.cache = cache
+        self._heap: list[_Request] = []
+        self._queued: dict[TileKey, _Request] = {}
+        self._in_flight: set[TileKey] = set()
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self.generation = 0
+        self.epoch = 0  # grows with each exposure; responses of another epoch are dropped
+        self.wanted: set[TileKey] = set()
+        self.exposure = None
+        self.images: dict = {}
+        self.layout: Layout | None = None
+        self.tables: dict = {}  # (domain, level) -> Transfers, replaced whole (atomic)
+        # counters (the benchmark and the tests read them)
+        self.requested = 0
+        self.reads = 0
+        self.cancelled = 0
+        self.dropped = 0
+        self.failed = 0
+        self._response.connect(self._on_response)
+
+    # --- configuration (GUI thread)
+
+    def reset(self, exposure, images: dict, layout: Layout) -> None:
+        """A new exposure: forget every queued request."""
+        with self._lock:
+            for r in self._queued.values():
+                r.cancelled = True
+            self._queued.clear()
+            self._heap.clear()
+            self.epoch += 1
+            self.exposure, self.images, self.layout = exposure, images, layout
+            self.wanted = set()
+        self.cache.clear()
+
+    def set_tables(self, tables: dict) -> None:
+        self.tables = dict(tables)  # a new dict: the workers see the old one or the new one
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._queued) or bool(self._in_flight)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queued)
+
+    # --- requests (GUI thread)
+
+    def load_resident(self, keys: Iterable[TileKey], first: bool = False) -> None:
+        """Overview tiles: never cancelled, never evicted (the caller keeps them)."""
+        for i, key in enumerate(keys):
+            self._push(_Request((0 if first else 2, -key.level, i), 0, key, 0, True))
+
+    def request(self, keys: list[TileKey]) -> int:
+        """The tiles the view wants now, best first. Cancels queued ones it no longer wants;
+        returns the new generation."""
+        with self._lock:
+            self.generation += 1
+            self.wanted = set(keys)
+            for key, r in list(self._queued.items()):
+                if not r.resident:
+                    r.cancelled = True
+                    del self._queued[key]
+                    self.cancelled += 1
+        for i, key in enumerate(keys):
+            if key in self.cache or key in self._in_flight:
+                continue
+            self._push(_Request((1, i), 0, key, self.generation, False))
+        return self.generation
+
+    def _push(self, req: _Request) -> None:
+        with self._lock:
+            if req.key in self._queued or req.key in self._in_flight:
+                return
+            req.seq = next(self._seq)
+            heapq.heappush(self._heap, req)
+            self._queued[req.key] = req
+            self.requested += 1
+        self.runner.submit("io", self._run_next)
+
+    # --- the workers
+
+    def _run_next(self) -> None:
+        with self._lock:
+            while self._heap:
+                req = heapq.heappop(self._heap)
+                if not req.cancelled:
+                    break
+            else:
+                return
+            del self._queued[req.key]
+            self._in_flight.add(req.key)
+            epoch, exposure, images, layout = self.epoch, self.exposure, self.images, self.layout
+            self.reads += 1
+        tile = read_tile(exposure, images, layout, req.key, self.tables)
+        self._response.emit((epoch, req, tile))
+
+    # --- responses (GUI thread)
+
+    def _on_response(self, item) -> None:
+        epoch, req, tile = item
+        with self._lock:
+            self._in_flight.discard(req.key)
+        if epoch != self.epoch:
+            return
+        if tile.absent and tile.absent.startswith("read error"):
+            self.failed += 1
+        if req.resident:
+            self.resident_loaded.emit(tile)
+            return
+        self.cache.put(tile)
+        self.tile_read.emit(tile)
+        if req.key in self.wanted:
+            self.tile_loaded.emit(tile)
+        else:
+            self.dropped += 1
+
+
+def read_tile(exposure, images: dict, layout: Layout, key: TileKey, tables: dict) -> Tile:
+    """One chunk as float32, its per-amp samples (detector tiles) and its index image if
+    transfers are known. A chunk missing from the store, or that cannot be read, comes back
+    ``absent`` with the reason."""
+    try:
+        if key.source == OVERVIEW:
+            arr = exposure.overview_level(key.level)
+            src = layout.overview
+        else:
+            arr = images[key.source].level(key.level)
+            src = layout.sources[key.source]
+        r0, r1, c0, c1 = src.tile_slices(key.level, key.ty, key.tx)
+        raw = arr[r0:r1, c0:c1]
+    except Exception as exc:  # the store is remote or broken: draw it as absent, go on
+        return Tile(key, None, absent=f"read error: {exc}")
+    data = np.asarray(raw, dtype=np.float32)
+    if key.source != OVERVIEW:
+        blank = not np.isfinite(data).any() if raw.dtype.kind == "f" else not raw.any()
+        if blank and not _chunk_exists(arr, key.ty, key.tx):
+            return Tile(key, None, absent="missing chunk")
+    tile = Tile(key, data)
+    rects = layout.rects(key)
+    if key.source != OVERVIEW:
+        tile.samples = tile_samples(data, rects)
+    transfers = table_for(key, tables)
+    if transfers is not None:
+        tile.index = apply_rects(data, rects, transfers)
+        tile.generation = transfers.generation
+    return tile
+
+
+def _chunk_exists(arr, ty: int, tx: int) -> bool:
+    """Whether a chunk is in the store (zarr returns the fill value for a missing one)."""
+    try:
+        from zarr.core.sync import sync
+
+        key = f"{arr.path}/c/{ty}/{tx}" if arr.path else f"c/{ty}/{tx}"
+        return bool(sync(arr.store.exists(key)))
+    except Exception:
+        return True

@@ -1,0 +1,1116 @@
+"""The viewer's main window: the controller between the data (loader, cache, statistics), the
+display model (``DisplaySettings`` and the transfers built from it) and the view.
+
+Redraw stages (ginga's ``whence``), each restarting only what changed:
+
+1. data: tiles arrive from the loader (already stretched with the current transfers);
+2. stretch and limits: new transfers (``cpu`` pool) then re-stretched index images (``cpu``
+   pool) from the float tiles already in memory: no read;
+3. colour map: one 256-entry table swapped on every item;
+4. overlays: scene items of their own.
+
+The GUI thread only decides, places items and swaps images; every read, decompression,
+statistic and stretch runs on the workers (``cvt.viewer.loader``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QColor, QKeySequence
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QToolBar,
+    QWidget,
+)
+
+from core.exposure import open_exposure
+from cvt.display import (
+    COLORMAPS,
+    LIMIT_MODES,
+    SAMPLE_SIZE,
+    SCOPES,
+    STRETCHES,
+    DisplaySettings,
+    apply_rects,
+    build_transfers,
+    colormap,
+    histogram,
+    index_lut,
+    merge_samples,
+)
+from cvt.viewer import health as health_mod
+from cvt.viewer.loader import TaskRunner, TileLoader
+from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
+from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
+from cvt.viewer.stats import LevelSamples, table_for
+from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
+from cvt.viewer.view import FocalPlaneView
+
+DEFAULT_TILE_BUDGET_MB = int(os.environ.get("CVT_TILE_BUDGET_MB", "512"))
+Z_OVERVIEW_BACKGROUND = -300
+Z_OVERVIEW = -200
+Z_DETECTOR = -50
+Z_ABSENT = 50
+Z_HEAT = 60
+Z_OUTLINE = 70
+Z_HEALTH = 80
+Z_SOURCES = 90
+Z_LABEL = 95
+Z_HIGHLIGHT = 99
+RESTRETCH_BATCH = 6
+SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this many data pixels
+HEAT_CMAP = "plasma"
+
+
+def _open(url: str):
+    """Worker: open the exposure and work out its layout (metadata only)."""
+    exposure = open_exposure(url)
+    camera = None
+    try:
+        from core.camera import load_camera
+
+        camera = load_camera(str(exposure.attrs.get("camera") or ""))
+    except (ValueError, KeyError, OSError):
+        camera = None
+    layout, images = build_layout(exposure, camera)
+    return exposure, layout, images
+
+
+def _assemble_level(layout: Layout, level: int, tiles: dict) -> np.ndarray:
+    src = layout.overview
+    ny, nx = src.level_shapes[level]
+    img = np.full((ny, nx), np.nan, dtype=np.float32)
+    for key, tile in tiles.items():
+        if key.level == level and tile.data is not None:
+            r0, r1, c0, c1 = src.tile_slices(level, key.ty, key.tx)
+            img[r0:r1, c0:c1] = tile.data
+    return img
+
+
+def _stats(layout: Layout, level: int, tiles: dict):
+    """Worker: per-amp samples of a whole overview level."""
+    img = _assemble_level(layout, level, tiles)
+    return level, layout.amp_samples(img, level, SAMPLE_SIZE)
+
+
+def _build_table(generation: int, settings: DisplaySettings, samples, amp_det):
+    """Worker: the transfers of one level, and the histogram of its data for the panel."""
+    transfers = build_transfers(generation, settings, samples, amp_det)
+    merged = merge_samples(samples)
+    lo, hi = transfers.limits()
+    if merged.size:
+        a, b = float(merged[0]), float(merged[-1])
+        a, b = min(a, lo), max(b, hi)
+        pad = 0.02 * ((b - a) or 1.0)
+        hist = histogram(merged, 200, (a - pad, b + pad))
+    else:
+        hist = histogram(merged, 200)
+    return transfers, hist
+
+
+def _restretch(jobs, layout: Layout) -> list[tuple[Tile, np.ndarray, int]]:
+    """Worker: index images of tiles already in memory under new transfers (no read)."""
+    return [(t, apply_rects(t.data, layout.rects(t.key), tab), tab.generation) for t, tab in jobs]
+
+
+class ViewerWindow(QMainWindow):
+    """``cvt view``: the whole focal plane, down to single pixels."""
+
+    opened = Signal(object)  # the Exposure
+    open_failed = Signal(str)
+    first_frame = Signal(float)  # seconds from open() to the whole plane on screen
+    settled = Signal()  # every needed tile is in and drawn with the current stretch
+    health_done = Signal(object)
+    tables_loaded = Signal()
+
+    def __init__(
+        self,
+        *,
+        tile_budget_mb: int = DEFAULT_TILE_BUDGET_MB,
+        io_threads: int = 4,
+        cpu_threads: int = 2,
+        animate: bool = True,
+        parent: QWidget | None = None,
+    ):
+        super().__init__(parent)
+        self.setWindowTitle("CVT")
+        self.settings = DisplaySettings()
+        self.runner = TaskRunner(io_threads, cpu_threads, self)
+        self.cache = TileCache(tile_budget_mb * 1024 * 1024)
+        self.loader = TileLoader(self.runner, self.cache, self)
+        self.view = FocalPlaneView(self)
+        if not animate:
+            self.view.fly_duration_ms = 0
+        self.setCentralWidget(self.view)
+        # state of the open exposure
+        self.url: str | None = None
+        self.exposure = None
+        self.layout: Layout | None = None
+        self.images: dict = {}
+        self.resident: dict[TileKey, Tile] = {}
+        self.levels_done: set[int] = set()
+        self.level_samples: dict[tuple[str, int], LevelSamples] = {}
+        self.tables: dict[tuple[str, int], object] = {}  # (domain, level) -> Transfers
+        self._table_counter = 0
+        self._settings_version = 0
+        self._dirty_tables: set[tuple[str, int]] = set()
+        self._table_jobs = 0
+        self._stretch_jobs = 0
+        self._stats_jobs = 0
+        self._restretch_pending: dict[TileKey, Tile] = {}
+        self._wanted: list[TileKey] = []
+        self._wanted_set: set[TileKey] = set()
+        self._absent_tiles: dict[TileKey, Tile] = {}
+        self._t_open = 0.0
+        self._first_frame_at: float | None = None
+        self._settled_emitted = False
+        self._opening = False
+        self.metrics: dict = {}
+        self.sources: dict = {}
+        self.health_rows: list[dict] = []
+        self._pixel_busy = False
+        self._pixel_next = None
+        self.hists: dict = {}
+        self._hist_shown = None
+        self._hover_loc = None
+        self._header_busy = False
+        self._header_next: str | None = None
+        self._closing = False
+        self.status_text = ""
+        self._build_overlays()
+        self._build_ui()
+        self._restretch_timer = QTimer(self, singleShot=True, interval=0)
+        self._restretch_timer.timeout.connect(self._flush_restretch)
+        self._tables_timer = QTimer(self, singleShot=True, interval=40)
+        self._tables_timer.timeout.connect(self._flush_tables)
+        self._settle_timer = QTimer(self, singleShot=True, interval=0)
+        self._settle_timer.timeout.connect(self._check_settled)
+        self.view.view_changed.connect(self._refresh)
+        self.view.fly_finished.connect(self._schedule_settle_check)
+        self.view.hovered.connect(self._hover)
+        self.view.left.connect(lambda: self._set_status(""))
+        self.loader.tile_loaded.connect(self._on_tile)
+        self.loader.tile_read.connect(self._on_tile_read)
+        self.loader.resident_loaded.connect(self._on_resident)
+        self.resize(1200, 900)
+
+    # ------------------------------------------------------------------ UI
+
+    def _build_ui(self) -> None:
+        tb = QToolBar("view", self)
+        tb.setObjectName("view-toolbar")
+        self.addToolBar(tb)
+        act_open = QAction("Open…", self)
+        act_open.setShortcut(QKeySequence.StandardKey.Open)
+        act_open.triggered.connect(self._open_dialog)
+        tb.addAction(act_open)
+        act_fit = QAction("Fit", self)
+        act_fit.triggered.connect(lambda: self.view.fit(animate=True))
+        tb.addAction(act_fit)
+        self.goto_edit = QLineEdit(self)
+        self.goto_edit.setPlaceholderText("go to R22_S11 or R22_S11_C07")
+        self.goto_edit.setMaximumWidth(200)
+        self.goto_edit.returnPressed.connect(lambda: self.goto(self.goto_edit.text()))
+        tb.addWidget(self.goto_edit)
+        tb.addSeparator()
+        self.stretch_box = self._combo(tb, "stretch", STRETCHES, self.settings.stretch, "stretch")
+        self.limits_box = self._combo(tb, "limits", LIMIT_MODES, self.settings.limits, "limits")
+        self.scope_box = self._combo(tb, "per", SCOPES, self.settings.scope, "scope")
+        self.cmap_box = self._combo(tb, "colours", COLORMAPS, self.settings.cmap, "cmap")
+        tb.addSeparator()
+        self.outlines_check = QCheckBox("outlines", self)
+        self.outlines_check.setChecked(True)
+        self.outlines_check.toggled.connect(self.set_outlines_visible)
+        tb.addWidget(self.outlines_check)
+        self.labels_check = QCheckBox("labels", self)
+        self.labels_check.setChecked(True)
+        self.labels_check.toggled.connect(lambda on: self.labels.setVisible(on))
+        tb.addWidget(self.labels_check)
+        self.sources_check = QCheckBox("sources", self)
+        self.sources_check.setChecked(True)
+        self.sources_check.toggled.connect(lambda _: self._update_sources())
+        tb.addWidget(self.sources_check)
+        tb.addSeparator()
+        tb.addWidget(QLabel(" metric ", self))
+        self.metric_box = QComboBox(self)
+        self.metric_box.addItem("(none)")
+        self.metric_box.currentTextChanged.connect(self._metric_chosen)
+        tb.addWidget(self.metric_box)
+        self.colour_bar = ColourBar(self)
+        self.colour_bar.setVisible(False)
+        tb.addWidget(self.colour_bar)
+        tb.addSeparator()
+        self.health_action = QAction("Health check", self)
+        self.health_action.triggered.connect(self.run_health)
+        tb.addAction(self.health_action)
+
+        self.histogram = HistogramPanel(self)
+        self.histogram.limits_dragged.connect(
+            lambda lo, hi: self.set_settings(limits="manual", manual=(lo, hi))
+        )
+        self.hist_dock = self._dock(
+            "Histogram", self.histogram, Qt.DockWidgetArea.RightDockWidgetArea
+        )
+        self.health_panel = HealthPanel(self)
+        self.health_panel.amp_clicked.connect(self.fly_to_amp)
+        self.health_dock = self._dock(
+            "Health", self.health_panel, Qt.DockWidgetArea.BottomDockWidgetArea
+        )
+        self.health_dock.hide()
+        self.header_panel = HeaderPanel(self)
+        self.header_dock = self._dock(
+            "FITS header", self.header_panel, Qt.DockWidgetArea.RightDockWidgetArea
+        )
+        self.header_dock.hide()
+        self.header_dock.visibilityChanged.connect(lambda _: self._request_header())
+        self.hover_label = QLabel("", self)
+        self.hover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.progress_label = QLabel("", self)
+        self.statusBar().addWidget(self.hover_label, 1)
+        self.statusBar().addPermanentWidget(self.progress_label)
+        menu = self.menuBar().addMenu("&View")
+        menu.addAction(self.hist_dock.toggleViewAction())
+        menu.addAction(self.health_dock.toggleViewAction())
+        menu.addAction(self.header_dock.toggleViewAction())
+        act_png = QAction("Export view as PNG…", self)
+        act_png.triggered.connect(self._export_dialog)
+        self.menuBar().addMenu("&File").addAction(act_png)
+
+    def _combo(self, tb: QToolBar, label: str, items, current: str, field: str) -> QComboBox:
+        tb.addWidget(QLabel(f" {label} ", self))
+        box = QComboBox(self)
+        box.addItems(list(items))
+        box.setCurrentText(current)
+        box.currentTextChanged.connect(lambda text: self.set_settings(**{field: text}))
+        tb.addWidget(box)
+        return box
+
+    def _dock(self, title: str, widget: QWidget, area) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title)
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _build_overlays(self) -> None:
+        vb = self.view.vb
+        self.raft_outlines = OutlineLayer(QColor(120, 180, 255, 200), 1.5)
+        self.ccd_outlines = OutlineLayer(QColor(120, 180, 255, 120), 1.0)
+        self.amp_outlines = OutlineLayer(QColor(200, 200, 200, 90), 1.0, min_screen_px=25)
+        self.labels = LabelLayer()
+        self.absent_layer = RectLayer(opacity=0.8)
+        self.absent_layer.fill_style = Qt.BrushStyle.BDiagPattern
+        self.heat_layer = RectLayer(opacity=0.75)
+        self.health_layer = RectLayer(outline_width=2.5)
+        self.highlight = RectLayer(outline_width=4.0)
+        import pyqtgraph as pg
+
+        self.sources_item = pg.ScatterPlotItem(
+            size=14, pen=pg.mkPen(0, 255, 120, 220, width=1.5), brush=None, symbol="o", pxMode=True
+        )
+        for item, z in (
+            (self.absent_layer, Z_ABSENT),
+            (self.heat_layer, Z_HEAT),
+            (self.raft_outlines, Z_OUTLINE + 2),
+            (self.ccd_outlines, Z_OUTLINE + 1),
+            (self.amp_outlines, Z_OUTLINE),
+            (self.health_layer, Z_HEALTH),
+            (self.sources_item, Z_SOURCES),
+            (self.labels, Z_LABEL),
+            (self.highlight, Z_HIGHLIGHT),
+        ):
+            item.setZValue(z)
+            vb.addItem(item, ignoreBounds=True)
+
+    # ------------------------------------------------------------------ opening
+
+    def _open_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open an exposure (.zarr)")
+        if path:
+            self.open(path)
+
+    def open(self, url: str | os.PathLike) -> None:
+        """Open an exposure (path or URL); returns at once, the work is on a worker."""
+        self.url = os.fspath(url)
+        self._t_open = time.perf_counter()
+        self._first_frame_at = None
+        self._settled_emitted = False
+        self._opening = True
+        self.progress_label.setText(f"opening {self.url}")
+        self.runner.submit(
+            "io", _open, self.url, on_done=self._on_opened, on_error=self._on_open_error
+        )
+
+    def _on_open_error(self, exc: BaseException) -> None:
+        self._opening = False
+        msg = str(exc) or exc.__class__.__name__
+        self.progress_label.setText(f"cannot open: {msg}")
+        self.open_failed.emit(msg)
+
+    def _on_opened(self, result) -> None:
+        exposure, layout, images = result
+        self._opening = False
+        self.exposure, self.layout, self.images = exposure, layout, images
+        self.loader.reset(exposure, images, layout)
+        self.resident.clear()
+        self.levels_done.clear()
+        self.level_samples.clear()
+        self.tables.clear()
+        self._dirty_tables.clear()
+        self._absent_tiles.clear()
+        self._restretch_pending.clear()
+        self._wanted, self._wanted_set = [], set()
+        self.view.clear_tiles()
+        self.setWindowTitle(f"CVT — {exposure.obsid}")
+        self._static_overlays()
+        self.view.set_extent(layout.bounds)
+        self.view.fit(animate=False)
+        if layout.overview is not None:
+            ov = layout.overview
+            coarsest = ov.n_levels - 1
+            self.loader.load_resident(ov.keys(coarsest), first=True)
+            for level in range(coarsest - 1, -1, -1):
+                self.loader.load_resident(ov.keys(level))
+        self.runner.submit(
+            "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
+        )
+        self.opened.emit(exposure)
+        self._refresh()
+
+    # ------------------------------------------------------------------ stats and stretch
+
+    def _on_resident(self, tile: Tile) -> None:
+        self.resident[tile.key] = tile
+        ov = self.layout.overview
+        level = tile.key.level
+        nty, ntx = ov.grid(level)
+        if sum(1 for k in self.resident if k.level == level) == nty * ntx:
+            self.levels_done.add(level)
+            self._stats_jobs += 1
+            tiles = {k: t for k, t in self.resident.items() if k.level == level}
+            self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
+        self._display(tile)
+        self._schedule_settle_check()
+
+    def _on_stats(self, result) -> None:
+        """A whole overview level's statistics: its transfers, built at once."""
+        self._stats_jobs -= 1
+        level, samples = result
+        self.level_samples[("ov", level)] = LevelSamples.complete(samples)
+        self._dirty_tables.add(("ov", level))
+        self._flush_tables()
+
+    def _on_tile_read(self, tile: Tile) -> None:
+        """Every detector tile read adds to its level's per-amp statistics until they freeze."""
+        if not tile.samples or self.layout is None:
+            return
+        key = ("det", tile.key.level)
+        ls = self.level_samples.get(key)
+        if ls is None:
+            ls = self.level_samples[key] = LevelSamples(len(self.layout.amp_names))
+        changed = False
+        for amp, sample in tile.samples.items():
+            changed |= ls.add(amp, sample)
+        if changed:
+            self._dirty_tables.add(key)
+            if not self._tables_timer.isActive():
+                self._tables_timer.start()
+
+    def _flush_tables(self) -> None:
+        """Build the transfers of every level whose statistics or settings changed (workers),
+        the levels on screen first."""
+        if self.layout is None or not self._dirty_tables:
+            return
+        self._tables_timer.stop()
+        px = self.view.pixel_size()
+        current = set()
+        if self.layout.overview is not None:
+            current.add(("ov", self.layout.overview.level_for(px)))
+        current |= {("det", k.level) for k in self._wanted}
+        order = sorted(self._dirty_tables, key=lambda k: (k not in current, k[0] == "ov", k[1]))
+        self._dirty_tables.clear()
+        for key in order:
+            ls = self.level_samples.get(key)
+            if ls is None or ls.empty:
+                continue
+            self._table_counter += 1
+            self._table_jobs += 1
+            self.runner.submit(
+                "cpu",
+                _build_table,
+                self._table_counter,
+                self.settings,
+                ls.snapshot(),
+                self.layout.amp_det,
+                on_done=lambda res, key=key, sv=self._settings_version: self._on_table(
+                    key, sv, res
+                ),
+            )
+
+    def _on_table(self, key, settings_version: int, result) -> None:
+        self._table_jobs -= 1
+        transfers, hist = result
+        old = self.tables.get(key)
+        if settings_version != self._settings_version or (
+            old is not None and old.generation > transfers.generation
+        ):
+            self._schedule_settle_check()
+            return
+        self.tables[key] = transfers
+        self.hists[key] = hist
+        self.loader.set_tables(self.tables)
+        self._update_histogram()
+        # re-stretch what is drawn with out-of-date transfers: on screen first
+        shown = self.view.shown()
+        keys = list(shown) + [k for k in self._wanted if k not in shown]
+        tiles = [self.resident.get(k) or self.cache.get(k) for k in keys]
+        tiles += [t for k, t in self.resident.items() if k not in shown]
+        for t in tiles:
+            if t is None or t.data is None:
+                continue
+            table = table_for(t.key, self.tables)
+            if table is not None and t.generation != table.generation:
+                self._restretch_pending[t.key] = t
+        self._restretch_timer.start()
+        self._schedule_settle_check()
+
+    def _flush_restretch(self) -> None:
+        if not self._restretch_pending:
+            return
+        shown = self.view.shown()
+        tiles = sorted(
+            self._restretch_pending.values(),
+            key=lambda t: (t.key not in shown and t.key not in self._wanted_set, -t.key.level),
+        )
+        self._restretch_pending.clear()
+        first = [t for t in tiles if t.key in shown or t.key in self._wanted_set]
+        rest = tiles[len(first) :]
+        batches = [first[i : i + 2] for i in range(0, len(first), 2)]
+        batches += [rest[i : i + RESTRETCH_BATCH] for i in range(0, len(rest), RESTRETCH_BATCH)]
+        for batch in batches:
+            jobs = [(t, table_for(t.key, self.tables)) for t in batch]
+            jobs = [(t, tab) for t, tab in jobs if tab is not None]
+            if not jobs:
+                continue
+            self._stretch_jobs += 1
+            self.runner.submit("cpu", _restretch, jobs, self.layout, on_done=self._on_restretched)
+
+    def _on_restretched(self, results) -> None:
+        self._stretch_jobs -= 1
+        for tile, index, generation in results:
+            table = table_for(tile.key, self.tables)
+            if table is None or table.generation != generation:
+                # the statistics or the stretch changed meanwhile: again, if still needed
+                if tile.key in self._wanted_set or tile.key in self.resident:
+                    self._restretch_pending[tile.key] = tile
+                    self._restretch_timer.start()
+                continue
+            old = tile.nbytes
+            tile.index, tile.generation = index, generation
+            if tile.key.source != OVERVIEW:
+                self.cache.resized(tile, old)
+            self._display(tile)
+        self._schedule_settle_check()
+
+    def set_settings(self, **changes) -> None:
+        """Change the display model; redraw from the earliest stage the change touches."""
+        new = self.settings.with_(**changes)
+        stage = new.stage_changed(self.settings)
+        self.settings = new
+        for box, value in (
+            (self.stretch_box, new.stretch),
+            (self.limits_box, new.limits),
+            (self.scope_box, new.scope),
+            (self.cmap_box, new.cmap),
+        ):
+            if box.currentText() != value:
+                box.blockSignals(True)
+                box.setCurrentText(value)
+                box.blockSignals(False)
+        if stage == "stretch":
+            self._settings_version += 1
+            self._settled_emitted = False
+            self._dirty_tables |= set(self.level_samples)
+            self._flush_tables()
+        elif stage == "cmap":
+            self.view.set_lut(index_lut(new.cmap))
+        self._schedule_settle_check()
+
+    def _current_table_key(self) -> tuple[str, int] | None:
+        """The statistics of what is drawn at this zoom (the finest data on screen)."""
+        if self._wanted:
+            key = ("det", self._wanted[0].level)
+            if key in self.tables:
+                return key
+        if self.layout is not None and self.layout.overview is not None:
+            key = ("ov", self.layout.overview.level_for(self.view.pixel_size()))
+            if key in self.tables:
+                return key
+        return next(iter(self.tables), None)
+
+    def _update_histogram(self) -> None:
+        key = self._current_table_key()
+        if key is None or key == self._hist_shown:
+            return
+        self._hist_shown = key
+        transfers, (counts, edges) = self.tables[key], self.hists[key]
+        lo, hi = transfers.limits()
+        where = f"overview 1/{2 ** key[1] * 16}" if key[0] == "ov" else f"detectors 1/{2 ** key[1]}"
+        self.histogram.set_histogram(
+            counts,
+            edges,
+            f"{where}: {self.settings.stretch}, {self.settings.limits} per {self.settings.scope}; "
+            f"global limits {lo:.5g} .. {hi:.5g}",
+        )
+        self.histogram.set_limits(lo, hi)
+
+    # ------------------------------------------------------------------ what is on screen
+
+    def _refresh(self) -> None:
+        """The view moved: choose levels, request tiles, place what is already in memory."""
+        if self.layout is None:
+            return
+        self._settled_emitted = False
+        rect = self.view.view_rect()
+        px = self.view.pixel_size()
+        layout = self.layout
+        # the overview: the coarsest level always, the level for this zoom over it
+        if layout.overview is not None:
+            ov = layout.overview
+            want_level = ov.level_for(px)
+            keep = set(ov.keys(ov.n_levels - 1))
+            keep |= set(ov.tiles_in(want_level, _grow(rect, 0.25)))
+            for key in self.view.shown():
+                if key.source == OVERVIEW and key not in keep:
+                    self.view.hide_tile(key)
+            for key in keep:
+                tile = self.resident.get(key)
+                if tile is not None:
+                    self._display(tile)
+        # the detectors
+        wanted = layout.wanted(rect, px)
+        if wanted != self._wanted:
+            self._wanted, self._wanted_set = wanted, set(wanted)
+            self.loader.request(wanted)
+        for key in wanted:
+            tile = self.cache.get(key)
+            if tile is not None:
+                self._display(tile)
+        self._prune(rect, px)
+        self._update_sources()
+        self._update_progress()
+        self._schedule_settle_check()
+
+    def _prune(self, rect, px: float) -> None:
+        """Hide detector tiles that are off screen, or whose replacements are all in."""
+        layout = self.layout
+        shown = self.view.shown()
+        by_det: dict[str, list[TileKey]] = defaultdict(list)
+        for k in self._wanted:
+            by_det[k.source].append(k)
+        complete = {
+            det: all(k in shown or k in self._absent_tiles for k in keys)
+            for det, keys in by_det.items()
+        }
+        view = _grow(rect, 0.1)
+        for key in shown:
+            if key.source == OVERVIEW or key in self._wanted_set:
+                continue
+            src = layout.sources.get(key.source)
+            if (
+                src is None
+                or not layout.wants_detector_tiles(px)
+                or not _intersects(src.tile_rect(key.level, key.ty, key.tx), view)
+                or complete.get(key.source, True)
+            ):
+                self.view.hide_tile(key)
+        for key in list(self._absent_tiles):
+            if key not in self._wanted_set:
+                del self._absent_tiles[key]
+        self._update_absent()
+
+    def _display(self, tile: Tile) -> None:
+        """Show a tile if it belongs on screen now (re-stretching it first if needed)."""
+        key = tile.key
+        if key.source == OVERVIEW:
+            ov = self.layout.overview
+            coarsest = key.level == ov.n_levels - 1
+            want = ov.level_for(self.view.pixel_size())
+            if not coarsest and (
+                key.level != want
+                or not _intersects(ov.tile_rect(*_kl(key)), _grow(self.view.view_rect(), 0.25))
+            ):
+                return
+        elif key not in self._wanted_set:
+            return
+        if tile.absent:
+            self._absent_tiles[key] = tile
+            self._update_absent()
+            return
+        table = table_for(key, self.tables)
+        if table is None:
+            return
+        if tile.index is None or tile.generation != table.generation:
+            self._restretch_pending[key] = tile
+            self._restretch_timer.start()
+            if tile.index is None:
+                return
+        self._show(tile)
+
+    def _show(self, tile: Tile) -> None:
+        key = tile.key
+        if key.source == OVERVIEW:
+            ov = self.layout.overview
+            rect = ov.tile_rect(*_kl(key))
+            z = Z_OVERVIEW_BACKGROUND if key.level == ov.n_levels - 1 else Z_OVERVIEW - key.level
+        else:
+            rect = self.layout.sources[key.source].tile_rect(*_kl(key))
+            z = Z_DETECTOR - key.level
+        self.view.show_tile(tile, rect, z)
+        if self._first_frame_at is None and (
+            key.source == OVERVIEW or self.layout.overview is None
+        ):
+            self.view.viewport().repaint()
+            self._first_frame_at = time.perf_counter() - self._t_open
+            self.first_frame.emit(self._first_frame_at)
+
+    def _on_tile(self, tile: Tile) -> None:
+        self._display(tile)
+        self._update_progress()
+        self._schedule_settle_check()
+
+    # ------------------------------------------------------------------ settling
+
+    def _schedule_settle_check(self) -> None:
+        if not self._settle_timer.isActive():
+            self._settle_timer.start()
+
+    def is_settled(self) -> bool:
+        """Every tile the view needs is in and drawn with the current statistics and stretch."""
+        if self.layout is None or self._opening or self.view.flying or self.loader.busy:
+            return False
+        if self._stretch_jobs or self._stats_jobs or self._table_jobs:
+            return False
+        if self._restretch_pending or self._dirty_tables:
+            return False
+        ov = self.layout.overview
+        if ov is not None and len(self.levels_done) < ov.n_levels:
+            return False
+        shown = self.view.shown()
+        keys = [k for k in self._wanted if k not in self._absent_tiles]
+        if ov is not None:
+            keys += ov.tiles_in(ov.level_for(self.view.pixel_size()), self.view.view_rect())
+        for key in keys:
+            tile = self.resident.get(key) if key.source == OVERVIEW else self.cache.get(key)
+            table = table_for(key, self.tables)
+            if tile is None or table is None or key not in shown:
+                return False
+            if tile.generation != table.generation:
+                return False
+        return True
+
+    def _check_settled(self) -> None:
+        self._update_progress()
+        if not self._settled_emitted and self.is_settled():
+            self._settled_emitted = True
+            self.settled.emit()
+
+    def _update_progress(self) -> None:
+        if self.layout is None:
+            return
+        n_wanted = len(self._wanted)
+        shown = self.view.shown()
+        have = sum(1 for k in self._wanted if k in shown or k in self._absent_tiles)
+        self.progress_label.setText(
+            f"level {self._level_text()}  tiles {have}/{n_wanted}  "
+            f"queued {self.loader.queued}  cache {self.cache.nbytes / 2**20:.0f}/"
+            f"{self.cache.budget / 2**20:.0f} MB"
+        )
+
+    def _level_text(self) -> str:
+        px = self.view.pixel_size()
+        if self.layout.wants_detector_tiles(px):
+            return f"1/{2 ** int(max(0, math.floor(math.log2(max(px, 1.0)))))}"
+        ov = self.layout.overview
+        return f"overview 1/{int(ov.scale(ov.level_for(px)))}"
+
+    # ------------------------------------------------------------------ navigation
+
+    def goto(self, text: str, animate: bool | None = None) -> bool:
+        """Fly to ``R22_S11`` or ``R22_S11_C07``; False (and a message) if there is none."""
+        if self.layout is None:
+            return False
+        found = self.layout.find(text)
+        if found is None:
+            self.statusBar().showMessage(f"no detector or amp {text!r} here", 5000)
+            return False
+        name, rect, amp = found
+        self.view.fly_to(
+            rect, animate=self.view.fly_duration_ms > 0 if animate is None else animate
+        )
+        self.highlight.set_rects([rect], outline=[(255, 255, 0, 255)])
+        return True
+
+    def fly_to_amp(self, detector: str, amp: str) -> None:
+        self.goto(f"{detector}_{amp}")
+
+    # ------------------------------------------------------------------ overlays
+
+    def _static_overlays(self) -> None:
+        layout = self.layout
+        self.raft_outlines.set_boxes([r for _, r in layout.rafts])
+        self.ccd_outlines.set_boxes(
+            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
+        )
+        self.amp_outlines.set_boxes([tuple(b) for b in layout.amp_boxes])
+        self.labels.set_labels([(name, r) for name, r in layout.rafts], min_screen_px=40)
+        self.labels.add_labels([(d.name.split("_")[1], d.bounds) for d in layout.detectors], 70)
+        self.labels.add_labels(
+            [(f"{n.split('_')[1]} absent", r, QColor(255, 120, 120)) for n, r in layout.absent], 70
+        )
+        self.labels.add_labels(
+            [(layout.amp_names[i], tuple(b)) for i, b in enumerate(layout.amp_boxes)], 45
+        )
+        self.absent_layer.set_rects(
+            [r for _, r in layout.absent], fill=[(255, 90, 90, 90)] * len(layout.absent)
+        )
+        self.heat_layer.clear()
+        self.health_layer.clear()
+        self.highlight.clear()
+        self.health_rows = []
+        self.health_panel.set_rows([], "")
+
+    def set_outlines_visible(self, on: bool) -> None:
+        for item in (self.raft_outlines, self.ccd_outlines, self.amp_outlines):
+            item.setVisible(on)
+
+    def _update_absent(self) -> None:
+        """Absent detectors (the camera's, not in the exposure) and absent chunks."""
+        if self.layout is None:
+            return
+        boxes = [r for _, r in self.layout.absent]
+        for key in self._absent_tiles:
+            src = self.layout.sources[key.source]
+            boxes.append(src.tile_rect(*_kl(key)))
+        self.absent_layer.set_rects(boxes, fill=[(255, 90, 90, 90)] * len(boxes))
+
+    def _on_tables(self, tables) -> None:
+        metrics, sources = tables
+        self.metrics, self.sources = metrics, sources
+        names = metric_names(metrics)
+        self.metric_box.blockSignals(True)
+        self.metric_box.clear()
+        self.metric_box.addItems(["(none)", *names])
+        self.metric_box.blockSignals(False)
+        self._update_sources()
+        self.tables_loaded.emit()
+
+    def set_metrics(self, metrics: dict) -> None:
+        """Use this metrics table (columns ``detector``, ``amp`` and numbers)."""
+        self._on_tables((metrics, self.sources))
+
+    def set_metric(self, name: str | None) -> None:
+        self.metric_box.setCurrentText(name or "(none)")
+        self._metric_chosen(name or "(none)")
+
+    def _metric_chosen(self, name: str) -> None:
+        if self.layout is None or name in ("", "(none)") or name not in self.metrics:
+            self.heat_layer.clear()
+            self.colour_bar.setVisible(False)
+            return
+        idx, values = metric_per_amp(self.layout, self.metrics, name)
+        finite = np.isfinite(values)
+        if not finite.any():
+            self.heat_layer.clear()
+            return
+        lo, hi = float(values[finite].min()), float(values[finite].max())
+        rgb = heat_colours(values, lo, hi, HEAT_CMAP)
+        boxes = [tuple(self.layout.amp_boxes[i]) for i in idx]
+        fills = [(*c, 255) if ok else None for c, ok in zip(rgb, finite)]
+        self.heat_layer.set_rects(boxes, fill=fills)
+        self.colour_bar.set_colour_bar(HEAT_CMAP, lo, hi, name)
+        self.colour_bar.setVisible(True)
+
+    def _update_sources(self) -> None:
+        xy = source_positions(self.sources)
+        if xy is None or not self.sources_check.isChecked() or self.layout is None:
+            self.sources_item.setData([], [])
+            return
+        if self.view.pixel_size() > SOURCES_MAX_PX:
+            self.sources_item.setData([], [])
+            return
+        x0, y0, x1, y1 = _grow(self.view.view_rect(), 0.05)
+        x, y = xy
+        sel = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+        self.sources_item.setData(x[sel][:20000], y[sel][:20000])
+
+    # ------------------------------------------------------------------ health
+
+    def run_health(self) -> None:
+        """Evaluate the health of every amp on a worker; show the failing and warning ones."""
+        if self.exposure is None:
+            return
+        self.health_action.setEnabled(False)
+        self.statusBar().showMessage("evaluating amp health…")
+        self.runner.submit(
+            "cpu",
+            health_mod.evaluate_rows,
+            self.exposure,
+            self.metrics or None,
+            on_done=self._on_health,
+            on_error=self._on_health_error,
+        )
+
+    def _on_health(self, result) -> None:
+        rows, summary = result
+        self.health_action.setEnabled(True)
+        self.health_rows = rows
+        self.health_panel.set_rows(rows, summary)
+        self.health_dock.show()
+        self.statusBar().showMessage(summary, 8000)
+        boxes, outlines = [], []
+        for r in rows:
+            try:
+                i = self.layout.amp_index(r["detector"], r["amp"])
+            except KeyError:
+                continue
+            boxes.append(tuple(self.layout.amp_boxes[i]))
+            outlines.append((230, 40, 40, 255) if r["status"] == "fail" else (255, 170, 0, 255))
+        self.health_layer.set_rects(boxes, outline=outlines)
+        self.health_done.emit(rows)
+
+    def _on_health_error(self, exc: BaseException) -> None:
+        self.health_action.setEnabled(True)
+        msg = f"health check failed: {exc}"
+        self.health_panel.set_rows([], msg)
+        self.health_dock.show()
+        self.statusBar().showMessage(msg, 8000)
+        self.health_done.emit(None)
+
+    # ------------------------------------------------------------------ hover readout
+
+    def _hover(self, fx: float, fy: float) -> None:
+        if self.layout is None:
+            return
+        loc = self.layout.locate(fx, fy)
+        self._hover_loc = loc
+        self._set_status(self._hover_text(loc))
+        if loc.detector and not loc.absent:
+            self._request_pixel(loc.detector, loc.row, loc.col)
+            self._request_header()
+
+    def _hover_text(self, loc, exact: dict | None = None) -> str:
+        parts = [f"fp ({loc.fx:.1f}, {loc.fy:.1f})"]
+        if loc.detector is None:
+            return parts[0]
+        if loc.absent:
+            return f"{parts[0]}  {loc.detector}: not in this exposure"
+        raft, slot = loc.detector.split("_")
+        parts.append(f"{raft} {slot} {loc.amp or '-'}")
+        parts.append(f"ccd ({loc.ccd_x}, {loc.ccd_y})")
+        if loc.amp:
+            parts.append(f"amp ({loc.amp_u}, {loc.amp_v})")
+        value = self._shown_value(loc)
+        if exact is not None:
+            raw = exact.get("raw")
+            parts.append(
+                f"corrected {exact['corrected']}  raw {raw if raw is not None else '-'} ADU"
+            )
+        elif value is not None:
+            v, level = value
+            parts.append(
+                f"value {v:.6g}"
+                + ("" if level == 0 else f" (mean of {2**level}x{2**level}; exact…)")
+            )
+        return "   ".join(parts)
+
+    def _shown_value(self, loc):
+        """The value under the cursor from the finest tile in memory (no read)."""
+        src = self.layout.sources.get(loc.detector)
+        if src is None:
+            return None
+        for level in range(src.n_levels):
+            r, c = loc.row >> level, loc.col >> level
+            cy, cx = src.chunks[level]
+            tile = self.cache.get(TileKey(loc.detector, level, r // cy, c // cx))
+            if tile is not None and tile.data is not None:
+                return float(tile.data[r % cy, c % cx]), level
+        return None
+
+    def _request_pixel(self, det: str, row: int, col: int) -> None:
+        req = (det, row, col)
+        if self._pixel_busy:
+            self._pixel_next = req
+            return
+        self._pixel_busy = True
+        image = self.images.get(det)
+        self.runner.submit(
+            "io",
+            _pixel,
+            image,
+            row,
+            col,
+            on_done=lambda res, r=req: self._on_pixel(r, res),
+            on_error=lambda e: self._on_pixel(req, None),
+        )
+
+    def _on_pixel(self, req, result) -> None:
+        self._pixel_busy = False
+        loc = self._hover_loc
+        if result is not None and loc is not None and (loc.detector, loc.row, loc.col) == req:
+            self._set_status(self._hover_text(loc, result))
+        nxt, self._pixel_next = self._pixel_next, None
+        if nxt is not None and nxt != req:
+            self._request_pixel(*nxt)
+
+    def _set_status(self, text: str) -> None:
+        self.status_text = text
+        self.hover_label.setText(text)
+
+    def _request_header(self) -> None:
+        loc = self._hover_loc
+        if not self.header_dock.isVisible() or loc is None or not loc.detector or loc.absent:
+            return
+        if self.header_panel.shown_for == loc.detector:
+            return
+        if self._header_busy:
+            self._header_next = loc.detector
+            return
+        self._header_busy = True
+        det = loc.detector
+        self.runner.submit(
+            "io",
+            _header_text,
+            self.images.get(det),
+            on_done=lambda t: self._on_header(det, t),
+            on_error=lambda e: self._on_header(det, f"no header: {e}"),
+        )
+
+    def _on_header(self, det: str, text: str) -> None:
+        self._header_busy = False
+        self.header_panel.set_header(det, text)
+        nxt, self._header_next = self._header_next, None
+        if nxt and nxt != det:
+            self._request_header()
+
+    # ------------------------------------------------------------------ export and closing
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export view", "view.png", "PNG (*.png)")
+        if path:
+            self.export_png(path)
+
+    def export_png(self, path: str) -> bool:
+        return self.view.grab().save(path, "PNG")
+
+    def closeEvent(self, ev) -> None:
+        self.shutdown()
+        super().closeEvent(ev)
+
+    def shutdown(self) -> None:
+        """Stop the workers (waits for running reads; cancels queued ones). Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        for t in (self._restretch_timer, self._settle_timer):
+            t.stop()
+        self.view._fly.stop()
+        self.runner.shutdown()
+
+
+# ---------------------------------------------------------------------- worker functions
+
+
+def _pixel(image, row: int, col: int) -> dict:
+    return image.pixel(row, col)
+
+
+def _header_text(image) -> str:
+    h = image.headers()
+    parts = [h.get("primary", "")]
+    for name, text in (h.get("segments") or {}).items():
+        parts.append(f"\n--- {name} ---\n{text}")
+    return "\n".join(parts)
+
+
+def _read_tables(exposure):
+    out = []
+    for name in ("metrics", "sources"):
+        try:
+            out.append(exposure.table(name))
+        except Exception:
+            out.append({})
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------- helpers (no Qt)
+
+
+def metric_names(metrics: dict) -> list[str]:
+    """The numeric columns of a metrics table, other than the identifiers."""
+    skip = {"detector", "amp", "detector_id", "amp_index", "raft", "slot", "id"}
+    names = []
+    for col, values in metrics.items():
+        v = np.asarray(values)
+        if col not in skip and v.dtype.kind in "fiub":
+            names.append(col)
+    return names
+
+
+def metric_per_amp(layout: Layout, metrics: dict, name: str) -> tuple[list[int], np.ndarray]:
+    """Layout amp indices and values of one metric (rows whose amp is not drawn are left out)."""
+    dets = np.asarray(metrics["detector"]).astype(str)
+    amps = np.asarray(metrics["amp"]).astype(str)
+    values = np.asarray(metrics[name], dtype=np.float64)
+    idx, vals = [], []
+    for d, a, v in zip(dets, amps, values):
+        try:
+            idx.append(layout.amp_index(d, a))
+        except KeyError:
+            continue
+        vals.append(v)
+    return idx, np.array(vals, dtype=np.float64)
+
+
+def heat_colours(values: np.ndarray, lo: float, hi: float, cmap: str) -> np.ndarray:
+    """(n, 3) uint8 colours of values under a colour map between ``lo`` and ``hi``."""
+    table = (colormap(cmap, 256) * 255).round().astype(np.uint8)
+    span = hi - lo if hi > lo else 1.0
+    t = np.clip((np.nan_to_num(values, nan=lo) - lo) / span, 0, 1)
+    return table[(t * 255).round().astype(int)]
+
+
+def source_positions(sources: dict):
+    """Focal-plane x, y columns of a sources table, whatever they are called."""
+    for xn, yn in (("fp_x", "fp_y"), ("focal_x", "focal_y"), ("x_fp", "y_fp"), ("fx", "fy")):
+        if xn in sources and yn in sources:
+            return np.asarray(sources[xn], dtype=np.float64), np.asarray(
+                sources[yn], dtype=np.float64
+            )
+    return None
+
+
+def _grow(rect, frac: float):
+    x0, y0, x1, y1 = rect
+    dx, dy = (x1 - x0) * frac, (y1 - y0) * frac
+    return (x0 - dx, y0 - dy, x1 + dx, y1 + dy)
+
+
+def _intersects(a, b) -> bool:
+    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def _kl(key: TileKey):
+    return key.level, key.ty, key.tx
