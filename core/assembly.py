@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from core._assembly_kernels import place_amps
+from core._isr_kernels import assemble_corrected
 from core.layout import AmpPlacement
 
 __all__ = ["AmpBox", "amp_boxes", "assemble_ccd", "ccd_shape"]
@@ -81,16 +81,23 @@ def assemble_ccd(
         out = np.empty(shape, dtype=segments.dtype if dtype is None else dtype)
     elif out.shape != shape:
         raise ValueError(f"out has shape {out.shape}, the CCD is {shape}")
-    place_amps(
+    from core.isr import amp_strides  # core.isr builds on this module
+
+    n_amp = segments.shape[0]
+    zeros_row = np.zeros((n_amp, segments.shape[1]), dtype=np.float32)
+    zeros_col = np.zeros((n_amp, x1 - x0), dtype=np.float32)
+    base, step_u, step_v = amp_strides(placements, x1 - x0, y1 - y0, 0)
+    assemble_corrected(
         np.ascontiguousarray(segments),
+        zeros_row,
+        zeros_col,
         x0,
+        x1,
         y0,
-        x1 - x0,
-        y1 - y0,
-        np.array([p.x_index for p in placements], dtype=np.int64),
-        np.array([p.row for p in placements], dtype=np.int64),
-        np.array([p.flip_x for p in placements], dtype=np.bool_),
-        np.array([p.flip_y for p in placements], dtype=np.bool_),
+        y1,
+        base,
+        step_u,
+        step_v,
         out,
     )
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numcodecs
 
-from core import isr
+from core import assembly, isr
 from core.camera import Camera, load_camera
 from core.exposure import (
     DetectorProduct,
@@ -94,7 +94,7 @@ def process_ccd(
     x0, x1, y0, y1 = raw.datasec
     if y0 != 0:
         raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
-    ccd_shape = isr.ccd_shape(raw.datasec, seg.shape[0])
+    ccd_shape = assembly.ccd_shape(raw.datasec, raw.placements)
     w, h = x1 - x0, y1 - y0
     amps = [
         {

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import _isr_kernels as k
+from core.assembly import ccd_shape
 from core.layout import AmpPlacement
 
 
@@ -57,12 +58,6 @@ def overscan_bias(
     if config.parallel and ny_raw - py0 >= 4:
         k.parallel_overscan_cols(segments, row_bias, x0, x1, py0, ny_raw, config.clip, col_bias)
     return row_bias.astype(np.float32), col_bias.astype(np.float32)
-
-
-def ccd_shape(datasec: tuple[int, int, int, int], n_amp: int) -> tuple[int, int]:
-    """(ny, nx) of the assembled CCD before rotation."""
-    x0, x1, y0, y1 = datasec
-    return (y1 - y0) * (2 if n_amp == 16 else 1), (x1 - x0) * 8
 
 
 def amp_strides(placements: Sequence[AmpPlacement], w: int, h: int, quarter_turns: int):
@@ -111,7 +106,7 @@ def assemble_to_focal_plane(
     n_amp = segments.shape[0]
     if n_amp != len(placements):
         raise ValueError(f"{n_amp} segments but {len(placements)} amp placements")
-    ny, nx = ccd_shape(datasec, n_amp)
+    ny, nx = ccd_shape(datasec, placements)
     shape = (ny, nx) if quarter_turns % 2 == 0 else (nx, ny)
     out = np.empty(shape, dtype=np.int32)
     x0, x1, y0, y1 = datasec
