@@ -24,8 +24,9 @@ class Progress:
         self._last = now
         filled = int(self.width * done / max(total, 1))
         bar = "#" * filled + "." * (self.width - filled)
-        rate = done / max(now - self.start, 1e-9)
-        text = f"{label} [{bar}] {done}/{total} CCDs {rate:5.1f}/s"
+        elapsed = now - self.start
+        rate = f" {done / elapsed:5.1f}/s" if elapsed > 0.5 else ""
+        text = f"{label} [{bar}] {done}/{total} CCDs{rate}"
         if self.tty:
             self.stream.write("\r" + text + ("\n" if done == total else ""))
         else:

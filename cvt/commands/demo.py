@@ -6,9 +6,9 @@ deleted after the ingest unless ``--keep-raw``, since the store holds everything
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -94,9 +94,9 @@ def run(args) -> int:
     describe(path)
     if args.no_view:
         return 0
-    try:
-        from cvt.commands import view
-    except ImportError:
-        print("\n(the viewer is not part of this build yet)", file=sys.stderr)
-        return 0
-    return view.show(str(path), screenshot=args.screenshot)
+    from cvt.commands import view
+
+    parser = argparse.ArgumentParser(prog="cvt view")
+    view.add_arguments(parser)
+    argv = [str(path)] + (["--screenshot", str(args.screenshot)] if args.screenshot else [])
+    return view.run(parser.parse_args(argv))
