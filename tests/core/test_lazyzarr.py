@@ -1,0 +1,57 @@
+"""The lazy consolidated reader gives what zarr-python gives, without parsing every node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from core.lazyzarr import LazyGroup, open_group
+from core.zarrio import Writer
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    w = Writer(str(tmp_path / "x.zarr"))
+    w.group("", {"cvt": {"obsid": "X"}})
+    w.group("detectors")
+    w.group("detectors/A", {"cvt": {"name": "A"}})
+    w.array("detectors/A/0", np.arange(1000 * 700, dtype=np.int32).reshape(1000, 700), (512, 512))
+    w.array("detectors/A/1", np.linspace(0, 1, 77, dtype=np.float32))
+    w.consolidate({"cvt": {"obsid": "X", "complete": True}})
+    return tmp_path / "x.zarr"
+
+
+def test_same_nodes_and_data_as_zarr(store_path):
+    store = zarr.storage.LocalStore(str(store_path), read_only=True)
+    lazy = open_group(store)
+    eager = zarr.open_group(store, mode="r", use_consolidated=True)
+    assert isinstance(lazy, LazyGroup)
+    assert lazy.attrs.asdict() == eager.attrs.asdict()
+    assert lazy.keys() == ["detectors"]
+    det = lazy["detectors/A"]
+    assert det.attrs["cvt"] == {"name": "A"}
+    assert det.keys() == ["0", "1"]
+    assert "0" in det and "2" not in det
+    np.testing.assert_array_equal(
+        det["0"][300:700, 100:600], eager["detectors/A/0"][300:700, 100:600]
+    )
+    np.testing.assert_array_equal(lazy["detectors"]["A/1"][:], eager["detectors/A/1"][:])
+    assert det["0"] is det["0"]  # made once
+    with pytest.raises(KeyError, match="detectors/B"):
+        lazy["detectors/B"]
+
+
+def test_without_consolidated_metadata_falls_back_to_zarr(tmp_path):
+    w = Writer(str(tmp_path / "y.zarr"))
+    w.group("", {"a": 1})
+    w.array("v", np.arange(5))
+    g = open_group(zarr.storage.LocalStore(str(tmp_path / "y.zarr"), read_only=True))
+    assert isinstance(g, zarr.Group)
+    assert g["v"][:].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_missing_root_is_an_error(tmp_path):
+    (tmp_path / "z.zarr").mkdir()
+    with pytest.raises(FileNotFoundError):
+        open_group(zarr.storage.LocalStore(str(tmp_path / "z.zarr"), read_only=True))
