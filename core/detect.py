@@ -1,0 +1,310 @@
+"""Source detection on one CCD, for the health metrics computed on load (PSF size, shape, counts).
+
+SExtractor's recipe in SEP's shape (in-memory arrays in, a numpy structured array out), written
+for one overscan-corrected CCD at a time and fast enough to run on every CCD of an exposure:
+
+1. background: a 3-sigma clipped mode and rms per mesh cell (SExtractor's 2.5 median - 1.5 mean),
+   bad cells filled from their neighbours, a 3 x 3 median over the mesh, bilinear in between;
+2. matched filter: a separable Gaussian of the expected PSF; the threshold is in sigmas of the
+   *filtered* noise, sigma * sqrt(sum k^2) for the normalised kernel k (taps that fall off the
+   image are left out of both, so the border keeps its meaning);
+3. 8-connected run-length labelling of the pixels above ``thresh`` sigma, in the same single pass
+   over the rows as the filter (no full-frame temporaries); objects of at least ``minarea`` pixels;
+4. per object, on the background-subtracted *unfiltered* image: isophotal flux and peak, and the
+   Gaussian-windowed centroid and adaptive second moments (SExtractor's XWIN, Bernstein & Jarvis),
+   from which a, b, theta, the FWHM and the ellipticity.
+
+Coordinates are CCD pixels: x the column and y the row from 0, row 0 at the bottom, pixel centres
+at integers. NaN or masked pixels are *bad*: left out of the background, zero in the filter and
+never part of an object; objects touching them or the border get the EDGE flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core import _detect_kernels as k
+
+SATURATED = k.SATURATED
+EDGE = k.EDGE
+BLENDED = k.BLENDED
+NO_WINDOW = k.NO_WINDOW
+TRUNCATED = k.TRUNCATED
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))  # 2.3548
+
+# A second peak of the filtered S/N makes a separate object when it stands this many sigmas
+# (and this fraction of the higher peak) above the saddle to the higher one, as SExtractor's
+# DEBLEND_MINCONT on peak heights; objects with bounding boxes above DEBLEND_MAX_BOX pixels
+# (bleed trails, ghosts) are left whole.
+DEBLEND_PROMINENCE = 3.0
+DEBLEND_CONTRAST = 0.005
+DEBLEND_MAX_BOX = 1 << 20
+
+SOURCE_DTYPE = np.dtype(
+    [
+        ("x", "f8"),  # windowed centroid, column (pixel centres at integers)
+        ("y", "f8"),  # windowed centroid, row from the bottom
+        ("flux", "f4"),  # isophotal flux above the background, image units
+        ("flux_err", "f4"),  # its error from the background noise alone (no gain is known)
+        ("peak", "f4"),  # highest background-subtracted pixel
+        ("background", "f4"),  # the background level at (x, y)
+        ("npix", "i4"),  # pixels in the isophote
+        ("x2", "f4"),  # adaptive second moments (Gaussian-equivalent covariance), pixels^2
+        ("y2", "f4"),
+        ("xy", "f4"),
+        ("a", "f4"),  # semi-major and semi-minor axis, 1 sigma, pixels
+        ("b", "f4"),
+        ("theta", "f4"),  # major axis angle from +x towards +y, radians in (-pi/2, pi/2]
+        ("fwhm", "f4"),  # 2.3548 sqrt((a^2 + b^2) / 2), pixels
+        ("ellipticity", "f4"),  # 1 - b / a
+        ("snr", "f4"),  # flux / flux_err
+        ("flags", "u2"),  # SATURATED | EDGE | BLENDED | NO_WINDOW | TRUNCATED
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Background:
+    """The background mesh of one image and the bilinear interpolation back to its pixels."""
+
+    level: np.ndarray  # (n_cells_y, n_cells_x), after filling and the 3 x 3 median
+    rms: np.ndarray
+    y_edges: np.ndarray  # cell j spans rows [y_edges[j], y_edges[j + 1])
+    x_edges: np.ndarray
+    raw_level: np.ndarray  # per cell before filling and filtering (NaN: too few good pixels)
+    raw_rms: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.y_edges[-1]), int(self.x_edges[-1])
+
+    @property
+    def global_rms(self) -> float:
+        return float(np.median(self.rms))
+
+    def axes(self):
+        """(iy0, iy1, ty, ix0, ix1, tx): per row and column, the two cells and the weight."""
+        return (*_interp_axis(self.y_edges), *_interp_axis(self.x_edges))
+
+    def full(self) -> tuple[np.ndarray, np.ndarray]:
+        """The level and rms at every pixel, float32 (for display and tests, not detection)."""
+        ax = self.axes()
+        level = np.empty(self.shape, dtype=np.float32)
+        rms = np.empty(self.shape, dtype=np.float32)
+        k.interpolate(self.level, *ax, level)
+        k.interpolate(self.rms, *ax, rms)
+        return level, rms
+
+
+def cell_edges(n: int, mesh: int) -> np.ndarray:
+    """Edges of round(n / mesh) (at least 1) nearly equal cells over n pixels."""
+    cells = max(1, round(n / mesh))
+    return np.round(np.linspace(0, n, cells + 1)).astype(np.int64)
+
+
+def _interp_axis(edges: np.ndarray):
+    """For each pixel along one axis: the cells left and right of it and the linear weight,
+    interpolating between cell centres and extrapolating linearly beyond the outer ones."""
+    n = int(edges[-1])
+    centres = (edges[:-1] + edges[1:] - 1) / 2.0
+    pos = np.arange(n, dtype=np.float64)
+    if centres.size == 1:
+        zero = np.zeros(n, dtype=np.int64)
+        return zero, zero, np.zeros(n, dtype=np.float64)
+    i0 = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, centres.size - 2)
+    t = (pos - centres[i0]) / (centres[i0 + 1] - centres[i0])
+    return i0.astype(np.int64), (i0 + 1).astype(np.int64), t
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-d, got shape {image.shape}")
+    if image.dtype not in (np.dtype(np.float32), np.dtype(np.int32)):
+        if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
+            raise ValueError(f"image must be real numbers, got {image.dtype}")
+        return np.ascontiguousarray(image, dtype=np.float32)
+    return np.ascontiguousarray(image)
+
+
+def _as_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
+    if mask is None:
+        return np.zeros((1, 1), dtype=np.bool_), False
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {shape}")
+    return np.ascontiguousarray(mask, dtype=np.bool_), True
+
+
+def background(image: np.ndarray, *, mesh: int = 128, mask: np.ndarray | None = None) -> Background:
+    """The background mesh of one image (see the module docstring)."""
+    image = _as_image(image)
+    mask_arr, use_mask = _as_mask(mask, image.shape)
+    return _background(image, mask_arr, use_mask, mesh)
+
+
+def _background(image: np.ndarray, mask: np.ndarray, use_mask: bool, mesh: int) -> Background:
+    if int(mesh) < 4:
+        raise ValueError(f"mesh must be at least 4 pixels, got {mesh}")
+    ny, nx = image.shape
+    ey = cell_edges(ny, int(mesh))
+    ex = cell_edges(nx, int(mesh))
+    raw_level = np.empty((ey.size - 1, ex.size - 1), dtype=np.float64)
+    raw_rms = np.empty_like(raw_level)
+    min_valid = max(3, int(np.diff(ey).min() * np.diff(ex).min()) // 4)
+    integer = image.dtype.kind in "iu"
+    k.mesh_stats(image, mask, use_mask, ey, ex, min_valid, integer, raw_level, raw_rms)
+    level = raw_level.copy()
+    rms = raw_rms.copy()
+    k.fill_bad_cells(level)
+    k.fill_bad_cells(rms)
+    level_f = np.empty_like(level)
+    rms_f = np.empty_like(rms)
+    k.median3x3(level, level_f)
+    k.median3x3(rms, rms_f)
+    return Background(level_f, rms_f, ey, ex, raw_level, raw_rms)
+
+
+def gaussian_kernel(fwhm: float) -> np.ndarray:
+    """The normalised 1-d Gaussian of the given FWHM, cut at round(3 sigma) (at least 1 px)."""
+    sigma = fwhm / FWHM_PER_SIGMA
+    r = max(1, round(3.0 * sigma))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return g / g.sum()
+
+
+def _edge_norm(g: np.ndarray, n: int) -> np.ndarray:
+    """Per position along an axis of n pixels: sqrt(sum g^2) over the taps inside the axis."""
+    r = (g.size - 1) // 2
+    inside = np.zeros(n + 2 * r)
+    inside[r : r + n] = 1.0
+    return np.sqrt(np.convolve(inside, g[::-1] ** 2, mode="valid"))
+
+
+def _check(thresh: float, minarea: int, fwhm_guess: float) -> None:
+    if not thresh > 0:
+        raise ValueError(f"thresh must be positive, got {thresh}")
+    if int(minarea) < 1:
+        raise ValueError(f"minarea must be at least 1, got {minarea}")
+    if not 0.5 <= fwhm_guess <= 50:
+        raise ValueError(f"fwhm_guess must be within [0.5, 50] pixels, got {fwhm_guess}")
+
+
+def _detect(image, mask_arr, use_mask, bkg, thresh, fwhm_guess, keep_snr):
+    g = gaussian_kernel(fwhm_guess)
+    ny, nx = image.shape
+    snr = np.empty((ny, nx) if keep_snr else (1, 1), dtype=np.float32)
+    runs = k.detect_runs(
+        image, mask_arr, use_mask, bkg.level, bkg.rms, *bkg.axes(), g,
+        _edge_norm(g, nx), _edge_norm(g, ny), float(thresh), snr, keep_snr,
+    )  # fmt: skip
+    return runs, snr
+
+
+def filtered_snr(
+    image: np.ndarray,
+    *,
+    mesh: int = 128,
+    mask: np.ndarray | None = None,
+    fwhm_guess: float = 4.0,
+) -> np.ndarray:
+    """The matched-filtered signal-to-noise image that ``detect_sources`` thresholds (NaN on bad
+    pixels), float32; for display and tests (detection itself never makes it)."""
+    image = _as_image(image)
+    mask_arr, use_mask = _as_mask(mask, image.shape)
+    _check(1.0, 1, fwhm_guess)
+    bkg = _background(image, mask_arr, use_mask, mesh)
+    _, snr = _detect(image, mask_arr, use_mask, bkg, 1.0, fwhm_guess, True)
+    return snr
+
+
+def detect_sources(
+    image: np.ndarray,
+    *,
+    thresh: float = 5.0,
+    minarea: int = 5,
+    mesh: int = 128,
+    saturation: float | np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    fwhm_guess: float = 4.0,
+) -> np.ndarray:
+    """Sources of one overscan-corrected CCD image as a ``SOURCE_DTYPE`` structured array.
+
+    ``thresh`` is in sigmas of the matched-filtered noise; ``saturation`` (image units, a scalar
+    or an array broadcastable to the image, e.g. per amp) flags objects with a pixel at or above
+    it; ``mask`` (True = bad) is treated like NaN; ``fwhm_guess`` (pixels) sets the filter and
+    the first measurement window.
+    """
+    image = _as_image(image)
+    _check(thresh, minarea, fwhm_guess)
+    mask_arr, use_mask = _as_mask(mask, image.shape)
+    if saturation is None:
+        sat = np.broadcast_to(np.float64(np.inf), image.shape)
+    else:
+        sat = np.broadcast_to(np.asarray(saturation, dtype=np.float64), image.shape)
+    if image.size == 0:
+        return np.zeros(0, dtype=SOURCE_DTYPE)
+    bkg = _background(image, mask_arr, use_mask, mesh)
+    (run_y, run_x0, run_x1, parent, run_val), _ = _detect(
+        image, mask_arr, use_mask, bkg, thresh, fwhm_guess, False
+    )
+    order, offsets = k.components(run_x0, run_x1, parent, int(minarea))
+    run_y, run_x0, run_x1, offsets, init_flags, obj_fam, fam_box, fam_lab = k.deblend(
+        run_y, run_x0, run_x1, run_val, order, offsets, float(thresh), DEBLEND_PROMINENCE,
+        DEBLEND_CONTRAST, int(minarea), DEBLEND_MAX_BOX,
+    )  # fmt: skip
+    n = offsets.size - 1
+    out = np.zeros(n, dtype=SOURCE_DTYPE)
+    cols = {name: np.empty(n) for name in SOURCE_DTYPE.names if SOURCE_DTYPE[name].kind == "f"}
+    for name in ("fwhm", "ellipticity", "snr"):  # derived below
+        del cols[name]
+    npix = np.empty(n, dtype=np.int64)
+    flags = np.empty(n, dtype=np.int64)
+    k.measure(
+        image, mask_arr, use_mask, sat, saturation is not None, bkg.level, bkg.rms, *bkg.axes(),
+        run_y, run_x0, run_x1, offsets, init_flags, obj_fam, fam_box, fam_lab,
+        fwhm_guess / FWHM_PER_SIGMA, 50,
+        cols["x"], cols["y"], cols["flux"], cols["flux_err"], cols["peak"], cols["background"],
+        npix, cols["x2"], cols["y2"], cols["xy"], cols["a"], cols["b"], cols["theta"], flags,
+    )  # fmt: skip
+    for name, values in cols.items():
+        out[name] = values
+    out["npix"] = npix
+    out["flags"] = flags
+    a, b = cols["a"], cols["b"]
+    out["fwhm"] = FWHM_PER_SIGMA * np.sqrt(0.5 * (a * a + b * b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["ellipticity"] = np.where(a > 0, 1.0 - b / a, 0.0)
+        out["snr"] = np.where(cols["flux_err"] > 0, cols["flux"] / cols["flux_err"], np.inf)
+    return out
+
+
+def psf_summary(sources: np.ndarray, *, min_snr: float = 50.0) -> dict[str, float | int]:
+    """Median FWHM and ellipticity of the clean, unsaturated stars of high S/N on one CCD.
+
+    Clean means no flag at all; stars are told from galaxies and cosmic rays by their FWHM: the
+    candidates within 3 robust sigmas of the median FWHM (iterated). ``n`` is how many were used.
+    """
+    sel = sources[(sources["flags"] == 0) & (sources["snr"] >= min_snr)]
+    fwhm = sel["fwhm"].astype(np.float64)
+    keep = np.isfinite(fwhm) & (fwhm > 0)
+    for _ in range(5):
+        if keep.sum() < 3:
+            break
+        med = np.median(fwhm[keep])
+        sig = max(1.4826 * np.median(np.abs(fwhm[keep] - med)), 0.02 * med)
+        new = keep & (np.abs(fwhm - med) <= 3.0 * sig)
+        if (new == keep).all():
+            break
+        keep = new
+    n = int(keep.sum())
+    if n == 0:
+        return {"fwhm": float("nan"), "ellipticity": float("nan"), "n": 0}
+    return {
+        "fwhm": float(np.median(fwhm[keep])),
+        "ellipticity": float(np.median(sel["ellipticity"][keep])),
+        "n": n,
+    }
