@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-STATUS_ORDER = {"fail": 0, "warn": 1}
+STATUS_ORDER = {"fail": 0, "warning": 1, "known": 2}  # the statuses listed (not "ok")
 
 
 def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict], str]:
@@ -20,10 +20,12 @@ def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict],
     report = evaluate(table, exposure.attrs.get("image_type"))
     rows = report_rows(report)
     rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["detector"], r["amp"]))
-    n_fail = sum(r["status"] == "fail" for r in rows)
-    n_warn = sum(r["status"] == "warn" for r in rows)
+    n = {s: sum(r["status"] == s for r in rows) for s in STATUS_ORDER}
     n_amps = len(table.get("amp", ())) if hasattr(table, "get") else 0
-    summary = f"{exposure.obsid}: {n_fail} failing, {n_warn} warning of {n_amps} amps"
+    summary = (
+        f"{exposure.obsid}: {n['fail']} failing, {n['warning']} warning, {n['known']} known "
+        f"problem amps of {n_amps}"
+    )
     return rows, summary
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from cvt.display import apply_rects
+from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.stats import table_for, tile_samples
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey
 

@@ -17,6 +17,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject, QGraphicsPathItem
 
+from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect
 
 

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from cvt.display import colormap
+from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 
 
 class HistogramPanel(QWidget):
@@ -33,7 +34,11 @@ class HistogramPanel(QWidget):
         self.plot = pg.PlotWidget(background=None)
         self.plot.setMenuEnabled(False)
         self.plot.setLogMode(x=False, y=True)
-        self.plot.getPlotItem().hideButtons()
+        item = self.plot.getPlotItem()
+        item.hideButtons()
+        # pyqtgraph makes its plot-options menu without a parent: give it one, so that it goes
+        # with the panel instead of outliving the window
+        item.ctrlMenu.setParent(self, item.ctrlMenu.windowFlags())
         self.plot.setMinimumHeight(120)
         self.curve = self.plot.plot(
             [0, 1], [1], stepMode="center", fillLevel=0, brush=(120, 160, 220, 120)
@@ -89,7 +94,11 @@ class ColourBar(QWidget):
         self.title.setText(title)
 
 
-STATUS_COLOURS = {"fail": QColor(220, 50, 50), "warn": QColor(240, 160, 0)}
+STATUS_COLOURS = {
+    "fail": QColor(220, 50, 50),
+    "warning": QColor(240, 160, 0),
+    "known": QColor(150, 150, 220),
+}
 
 
 class HealthPanel(QWidget):

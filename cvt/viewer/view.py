@@ -17,6 +17,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QKeyEvent
 
 from cvt.display import index_lut
+from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect, Tile, TileKey
 
 BACKGROUND = QColor(24, 24, 28)
@@ -40,6 +41,7 @@ class FocalPlaneView(pg.GraphicsView):
         self.extent: Rect = (-1.0, -1.0, 1.0, 1.0)
         self.lut = index_lut("grey")
         self._items: dict[TileKey, pg.ImageItem] = {}
+        self._tiles: dict[TileKey, tuple[Tile, int]] = {}  # what each item shows, and its stretch
         self._pool: list[pg.ImageItem] = []
         self._changed = QTimer(self, singleShot=True, interval=0)
         self._changed.timeout.connect(self.view_changed)
@@ -204,10 +206,12 @@ class FocalPlaneView(pg.GraphicsView):
             item.setVisible(True)
         item.setZValue(z)
         item.setImage(tile.index, autoLevels=False, levels=(0, 255), lut=self.lut)
+        self._tiles[tile.key] = (tile, tile.generation)
         item.setRect(QRectF(rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]))
 
     def hide_tile(self, key: TileKey) -> None:
         item = self._items.pop(key, None)
+        self._tiles.pop(key, None)
         if item is not None:
             item.setVisible(False)
             item.clear()
@@ -218,6 +222,10 @@ class FocalPlaneView(pg.GraphicsView):
 
     def shown(self) -> set[TileKey]:
         return set(self._items)
+
+    def shown_tile(self, key: TileKey) -> tuple[Tile | None, int]:
+        """The tile drawn for ``key`` and the stretch generation it was drawn with."""
+        return self._tiles.get(key, (None, -1))
 
     def item(self, key: TileKey) -> pg.ImageItem | None:
         return self._items.get(key)

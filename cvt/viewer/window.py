@@ -51,6 +51,7 @@ from cvt.display import (
     merge_samples,
 )
 from cvt.viewer import health as health_mod
+from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
@@ -72,6 +73,7 @@ Z_HIGHLIGHT = 99
 RESTRETCH_BATCH = 6
 SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this many data pixels
 HEAT_CMAP = "plasma"
+HEALTH_OUTLINES = {"fail": (230, 40, 40, 255), "warning": (255, 170, 0, 255)}
 
 
 def _open(url: str):
@@ -474,8 +476,8 @@ class ViewerWindow(QMainWindow):
         self._update_histogram()
         # re-stretch what is drawn with out-of-date transfers: on screen first
         shown = self.view.shown()
-        keys = list(shown) + [k for k in self._wanted if k not in shown]
-        tiles = [self.resident.get(k) or self.cache.get(k) for k in keys]
+        tiles = [self.view.shown_tile(k)[0] for k in shown]
+        tiles += [self.cache.get(k) for k in self._wanted if k not in shown]
         tiles += [t for k, t in self.resident.items() if k not in shown]
         for t in tiles:
             if t is None or t.data is None:
@@ -708,16 +710,13 @@ class ViewerWindow(QMainWindow):
         ov = self.layout.overview
         if ov is not None and len(self.levels_done) < ov.n_levels:
             return False
-        shown = self.view.shown()
         keys = [k for k in self._wanted if k not in self._absent_tiles]
         if ov is not None:
             keys += ov.tiles_in(ov.level_for(self.view.pixel_size()), self.view.view_rect())
         for key in keys:
-            tile = self.resident.get(key) if key.source == OVERVIEW else self.cache.get(key)
+            tile, generation = self.view.shown_tile(key)
             table = table_for(key, self.tables)
-            if tile is None or table is None or key not in shown:
-                return False
-            if tile.generation != table.generation:
+            if tile is None or table is None or generation != table.generation:
                 return False
         return True
 
@@ -887,7 +886,7 @@ class ViewerWindow(QMainWindow):
             except KeyError:
                 continue
             boxes.append(tuple(self.layout.amp_boxes[i]))
-            outlines.append((230, 40, 40, 255) if r["status"] == "fail" else (255, 170, 0, 255))
+            outlines.append(HEALTH_OUTLINES.get(r["status"], (160, 160, 255, 255)))
         self.health_layer.set_rects(boxes, outline=outlines)
         self.health_done.emit(rows)
 
@@ -944,7 +943,8 @@ class ViewerWindow(QMainWindow):
         for level in range(src.n_levels):
             r, c = loc.row >> level, loc.col >> level
             cy, cx = src.chunks[level]
-            tile = self.cache.get(TileKey(loc.detector, level, r // cy, c // cx))
+            key = TileKey(loc.detector, level, r // cy, c // cx)
+            tile = self.view.shown_tile(key)[0] or self.cache.get(key)
             if tile is not None and tile.data is not None:
                 return float(tile.data[r % cy, c % cx]), level
         return None

@@ -1,0 +1,119 @@
+"""The viewer tests' one Qt fixture, and the small simulated exposure they look at.
+
+``viewer`` makes real windows (offscreen), closes them after the test, and fails the test if a
+top-level widget outlives it or a ``cvt-*`` worker thread is still running (napari's rule: a
+leak is a bug, not noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+SIM_DETECTORS = ("R22_S11", "R22_S12")
+
+
+def _cvt_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cvt-") and t.is_alive()]
+
+
+@pytest.fixture
+def viewer(qapp, qtbot):
+    """``viewer(**kw)`` -> a shown ``ViewerWindow`` (no fly animation unless asked)."""
+    import shiboken6
+    from PySide6.QtCore import QEvent, QThreadPool
+    from PySide6.QtWidgets import QApplication
+
+    from cvt.viewer.window import ViewerWindow
+
+    before = set(QApplication.topLevelWidgets())
+    threads_before = set(_cvt_threads())
+    made: list[ViewerWindow] = []
+
+    def make(size=(900, 700), **kw) -> ViewerWindow:
+        kw.setdefault("animate", False)
+        w = ViewerWindow(**kw)
+        for dock in (w.hist_dock, w.header_dock):
+            dock.hide()
+        w.resize(*size)
+        w.show()
+        made.append(w)
+        return w
+
+    yield make
+
+    for w in made:
+        w.close()  # stops and joins the window's workers
+        shiboken6.delete(w)  # now, with its children (menus, docks): not at some later loop
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    QApplication.processEvents()
+    leaked = [w for w in QApplication.topLevelWidgets() if w not in before]
+    names = [f"{type(w).__name__}({w.objectName() or w.windowTitle()!r})" for w in leaked]
+    deadline = time.monotonic() + 2.0
+    while _cvt_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    running = [t.name for t in _cvt_threads() if t not in threads_before]
+    for w in leaked:  # do not let one test's leak fail the next ones too
+        w.close()
+        shiboken6.delete(w)
+    assert not names, f"top-level widgets leaked by the test: {names}"
+    assert not running, f"worker threads still running after the test: {running}"
+    assert QThreadPool.globalInstance().activeThreadCount() == 0
+
+
+def wait_settled(qtbot, w, timeout=20000) -> None:
+    """Until every tile the view needs is drawn with the current stretch."""
+    qtbot.waitUntil(w.is_settled, timeout=timeout)
+    qtbot.wait(10)
+
+
+def open_and_settle(qtbot, w, path, timeout=20000) -> None:
+    with qtbot.waitSignal(w.opened, timeout=timeout):
+        w.open(path)
+    wait_settled(qtbot, w, timeout)
+
+
+@pytest.fixture(scope="session")
+def sim_exposure(tmp_path_factory):
+    """Two simulated E2V CCDs with a dead amp, a hot column and a noisy amp, ingested:
+    (store path, truth dict). About 10 s, once per session."""
+    simulate = pytest.importorskip("core.simulate")
+    from core.ingest import ingest
+
+    root = tmp_path_factory.mktemp("viewer-sim")
+    raw, repo = root / "raw", root / "repo"
+    faults = [
+        simulate.Fault("R22_S11", "C03", "dead_amp"),
+        simulate.Fault("R22_S11", "C14", "hot_column"),
+        simulate.Fault("R22_S12", "C05", "noisy_amp", {"factor": 5.0}),
+    ]
+    sim = simulate.simulate_exposure(
+        raw, detectors=list(SIM_DETECTORS), seed=7, image_type="science", faults=faults, workers=1
+    )
+    reports, bad = ingest([raw], repo, workers=1)
+    assert not bad and reports and reports[0].ok, (bad, reports)
+    truth = json.loads(Path(sim.truth_path).read_text())
+    return reports[0].path, truth
+
+
+def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
+    """A metrics table from the simulation truth (for when the store has none)."""
+    cols: dict[str, list] = {"detector": [], "amp": [], "read_noise_e": [], "dead": []}
+    for f in truth["files"]:
+        for a in f["amps"]:
+            cols["detector"].append(f["detector"])
+            cols["amp"].append(a["amp"])
+            cols["read_noise_e"].append(float(a["read_noise_e"]))
+            cols["dead"].append(1.0 if a.get("dead") else 0.0)
+    return {
+        k: np.asarray(v, dtype=object if k in ("detector", "amp") else float)
+        for k, v in cols.items()
+    }
