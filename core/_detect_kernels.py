@@ -314,13 +314,6 @@ def _union(parent, a, b):
 
 
 @ngjit
-def _grow_int(a, n):
-    b = np.empty(max(2 * a.shape[0], n), dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@ngjit
 def _subtract_row(image, mask, use_mask, y, bline, pad, r):
     """pad[r + x] = image[y, x] - bline[x], or 0 on bad pixels."""
     for x in range(bline.shape[0]):
@@ -398,16 +391,9 @@ def _link_rows(run_x0, run_x1, parent, prev0, prev1, cur0, cur1):
 
 
 @ngjit
-def _grow_float(a, n):
-    b = np.empty(max(2 * a.shape[0], n), dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@ngjit
 def detect_runs(
     image, mask, use_mask, level, rms, iy0, iy1, ty, ix0, ix1, tx, g, normx, normy, thresh,
-    snr_out, keep_snr,
+    snr_out, keep_snr, run_y, run_x0, run_x1, parent, run_val,
 ):  # fmt: skip
     """Background-subtract, filter with the separable kernel g x g, threshold and label.
 
@@ -418,8 +404,9 @@ def detect_runs(
     Detected pixels are kept as runs (row, x0, x1 exclusive) joined 8-connected by union-find.
     With ``keep_snr`` the filtered signal-to-noise is written to ``snr_out`` (tests, display).
 
-    Returns (run_y, run_x0, run_x1, parent, run_val): ``run_val`` holds the filtered
-    signal-to-noise of the run pixels, run after run (``run_offsets`` says where each starts).
+    The runs go to ``run_y``, ``run_x0``, ``run_x1`` and ``parent`` and the filtered S/N of
+    their pixels, run after run, to ``run_val`` (``run_offsets`` says where each run starts).
+    Returns (n_runs, n_pixels), or (-1, -1) when the arrays are too small.
     """
     ny, nx = image.shape
     K = g.shape[0]
@@ -432,14 +419,8 @@ def detect_runs(
     bline = np.empty(nx, dtype=np.float32)
     rowv = np.empty(level.shape[1], dtype=np.float64)
     nxf = (normx * thresh).astype(np.float32)
-    xs = np.empty(nx // 2 + 1, dtype=np.int32)
-    xe = np.empty(nx // 2 + 1, dtype=np.int32)
-    cap = 1024
-    run_y = np.empty(cap, dtype=np.int32)
-    run_x0 = np.empty(cap, dtype=np.int32)
-    run_x1 = np.empty(cap, dtype=np.int32)
-    parent = np.empty(cap, dtype=np.int64)
-    vals = np.empty(4 * cap, dtype=np.float32)
+    xs = np.empty(nx // 2 + 1, dtype=np.int64)
+    xe = np.empty(nx // 2 + 1, dtype=np.int64)
     nval = 0
     n = 0
     prev0 = 0
@@ -471,26 +452,23 @@ def detect_runs(
             prev0 = prev1 = n
             continue
         if n + m > run_y.shape[0]:
-            run_y = _grow_int(run_y, n + m)
-            run_x0 = _grow_int(run_x0, n + m)
-            run_x1 = _grow_int(run_x1, n + m)
-            parent = _grow_int(parent, n + m)
+            return -1, -1
         for i in range(m):
             run_y[n + i] = yc
             run_x0[n + i] = xs[i]
             run_x1[n + i] = xe[i]
             parent[n + i] = n + i
-            if nval + xe[i] - xs[i] > vals.shape[0]:
-                vals = _grow_float(vals, nval + xe[i] - xs[i])
+            if nval + xe[i] - xs[i] > run_val.shape[0]:
+                return -1, -1
             for x in range(xs[i], xe[i]):
-                vals[nval] = thresh * filt[x] / tline[x]
+                run_val[nval] = thresh * filt[x] / tline[x]
                 nval += 1
         if prev1 > prev0:
             _link_rows(run_x0, run_x1, parent, prev0, prev1, n, n + m)
         prev0 = n
         prev1 = n + m
         n += m
-    return run_y[:n], run_x0[:n], run_x1[:n], parent[:n], vals[:nval]
+    return n, nval
 
 
 @ngjit
@@ -543,6 +521,39 @@ def run_offsets(run_x0, run_x1):
 
 
 @ngjit
+def _sift_down(vals, order, root, end):
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and vals[order[child + 1]] < vals[order[child]]:
+            child += 1
+        if vals[order[child]] < vals[order[root]]:
+            t = order[root]
+            order[root] = order[child]
+            order[child] = t
+            root = child
+        else:
+            return
+
+
+@ngjit
+def _argsort_desc(vals, order):
+    """order = the indices of vals from the largest down (heap sort; numba's argsort costs
+    seconds to compile)."""
+    n = vals.shape[0]
+    for i in range(n):
+        order[i] = i
+    for start in range(n // 2 - 1, -1, -1):
+        _sift_down(vals, order, start, n)
+    for end in range(n - 1, 0, -1):
+        t = order[0]
+        order[0] = order[end]
+        order[end] = t
+        _sift_down(vals, order, 0, end)
+
+
+@ngjit
 def _basins(grid, lab, w, h, idx, vals, min_prom, contrast, minarea, parent, peakv, area):
     """Persistence-based split of one object on its filtered signal-to-noise (as ToMATo).
 
@@ -553,7 +564,8 @@ def _basins(grid, lab, w, h, idx, vals, min_prom, contrast, minarea, parent, pea
     the descending order; ``parent`` resolves ranks to their basin. Returns the basin count.
     """
     npix = idx.shape[0]
-    rank_order = np.argsort(-vals)
+    rank_order = np.empty(npix, dtype=np.int64)
+    _argsort_desc(vals, rank_order)
     roots = np.empty(8, dtype=np.int64)
     nbasin = 0
     for rank in range(npix):
@@ -642,147 +654,97 @@ def _count_peaks(grid, w, h, level):
 
 
 @ngjit
-def deblend(
-    run_y, run_x0, run_x1, run_val, order, offsets, thresh, min_prom, contrast, minarea, max_box
-):
-    """Split the objects that hold more than one significant peak of the filtered S/N.
+def _fill_grid(run_y, run_x0, run_x1, run_val, voff, runs, xmin, ymin, w, grid):
+    """The object's filtered S/N on its bounding-box grid (-inf elsewhere)."""
+    for ri in runs:
+        base = (run_y[ri] - ymin) * w - xmin
+        for x in range(run_x0[ri], run_x1[ri]):
+            grid[base + x] = run_val[voff[ri] + x - run_x0[ri]]
 
-    Returns the objects' runs (y, x0, x1; those of object i at [obj_off[i], obj_off[i + 1])),
-    their flags (BLENDED for the pieces of a split object), and for those pieces the family
-    they came from: ``fam_box[f] = (x0, y0, w, h, offset)`` and ``fam_lab[offset:offset + w*h]``
-    the object index of each pixel of the family's bounding box (-1 outside).
-    """
-    nobj = offsets.shape[0] - 1
-    nrun = order.shape[0]
+
+@ngjit
+def count_peaks(
+    run_y, run_x0, run_x1, run_val, order, offsets, xmin, ymin, w, h, level, max_box, out
+):  # fmt: skip
+    """Per object, the local maxima of the filtered S/N at or above ``level`` (0 for objects
+    whose bounding box (xmin, ymin, w, h) exceeds ``max_box`` pixels)."""
     voff = run_offsets(run_x0, run_x1)
-    cap = nrun + 16
-    out_y = np.empty(cap, dtype=np.int32)
-    out_x0 = np.empty(cap, dtype=np.int32)
-    out_x1 = np.empty(cap, dtype=np.int32)
-    ocap = nobj + 16
-    obj_off = np.empty(ocap + 1, dtype=np.int64)
-    obj_flags = np.zeros(ocap, dtype=np.int64)
-    obj_fam = np.full(ocap, -1, dtype=np.int64)
-    fam_box = np.empty((16, 5), dtype=np.int64)
-    fam_lab = np.empty(1024, dtype=np.int64)
-    grid = np.empty(1024, dtype=np.float32)
-    lab = np.empty(1024, dtype=np.int64)
-    nn = 0
-    no = 0
-    nf = 0
-    nl = 0
-    obj_off[0] = 0
-    for o in range(nobj):
-        k0 = offsets[o]
-        k1 = offsets[o + 1]
-        ymin = run_y[order[k0]]
-        ymax = run_y[order[k1 - 1]]
-        xmin = run_x0[order[k0]]
-        xmax = run_x1[order[k0]] - 1
-        npix = 0
-        for kk in range(k0, k1):
-            ri = order[kk]
-            xmin = min(xmin, run_x0[ri])
-            xmax = max(xmax, run_x1[ri] - 1)
-            npix += run_x1[ri] - run_x0[ri]
-        w = xmax - xmin + 1
-        h = ymax - ymin + 1
-        nchild = 1
-        parent = np.empty(0, dtype=np.int64)
-        if w * h <= max_box and npix >= 2 * minarea:
-            if grid.shape[0] < w * h:
-                grid = np.empty(2 * w * h, dtype=np.float32)
-                lab = np.empty(2 * w * h, dtype=np.int64)
-            grid[: w * h] = -np.inf
-            idx = np.empty(npix, dtype=np.int64)
-            vals = np.empty(npix, dtype=np.float32)
-            m = 0
-            for kk in range(k0, k1):
-                ri = order[kk]
-                base = (run_y[ri] - ymin) * w - xmin
-                for x in range(run_x0[ri], run_x1[ri]):
-                    v = run_val[voff[ri] + x - run_x0[ri]]
-                    grid[base + x] = v
-                    idx[m] = base + x
-                    vals[m] = v
-                    m += 1
-            if _count_peaks(grid, w, h, thresh + min_prom) >= 2:
-                lab[: w * h] = -1
-                parent = np.empty(npix, dtype=np.int64)
-                peakv = np.empty(npix, dtype=np.float32)
-                area = np.zeros(npix, dtype=np.int64)
-                nchild = _basins(
-                    grid, lab, w, h, idx, vals, min_prom, contrast, minarea, parent, peakv, area
-                )
-        # room for the pieces
-        if no + nchild + 1 > obj_flags.shape[0]:
-            ocap = 2 * (no + nchild + 1)
-            obj_off = _grow_int(obj_off, ocap + 1)
-            obj_flags = _grow_int(obj_flags, ocap)
-            obj_fam = _grow_int(obj_fam, ocap)
-        need = nn + (k1 - k0 if nchild == 1 else npix)  # a piece's runs: at most one a pixel
-        if need > out_y.shape[0]:
-            out_y = _grow_int(out_y, need)
-            out_x0 = _grow_int(out_x0, need)
-            out_x1 = _grow_int(out_x1, need)
-        if nchild == 1:
-            for kk in range(k0, k1):
-                ri = order[kk]
-                out_y[nn] = run_y[ri]
-                out_x0[nn] = run_x0[ri]
-                out_x1[nn] = run_x1[ri]
-                nn += 1
-            obj_flags[no] = 0
-            obj_fam[no] = -1
-            no += 1
-            obj_off[no] = nn
+    big = 0
+    for o in range(offsets.shape[0] - 1):
+        if w[o] * h[o] <= max_box:
+            big = max(big, w[o] * h[o])
+    grid = np.empty(big, dtype=np.float32)
+    for o in range(offsets.shape[0] - 1):
+        out[o] = 0
+        n = w[o] * h[o]
+        if n > max_box:
             continue
-        # basin root -> piece index -> object index
-        piece = np.full(npix, -1, dtype=np.int64)
-        npiece = 0
-        for kk in range(npix):
-            r = _find(parent, kk)
-            if piece[r] < 0:
-                piece[r] = npiece
-                npiece += 1
-        if nf == fam_box.shape[0]:
-            fb = np.empty((2 * nf, 5), dtype=np.int64)
-            fb[:nf] = fam_box[:nf]
-            fam_box = fb
-        if nl + w * h > fam_lab.shape[0]:
-            fam_lab = _grow_int(fam_lab, nl + w * h)
-        fam_box[nf, 0] = xmin
-        fam_box[nf, 1] = ymin
-        fam_box[nf, 2] = w
-        fam_box[nf, 3] = h
-        fam_box[nf, 4] = nl
-        for q in range(w * h):
-            fam_lab[nl + q] = no + piece[_find(parent, lab[q])] if lab[q] >= 0 else -1
-        for c in range(npiece):
-            for kk in range(k0, k1):
-                ri = order[kk]
-                base = (run_y[ri] - ymin) * w - xmin
-                start = -1
-                for x in range(run_x0[ri], run_x1[ri] + 1):
-                    mine = x < run_x1[ri] and fam_lab[nl + base + x] == no + c
-                    if mine and start < 0:
-                        start = x
-                    elif not mine and start >= 0:
-                        out_y[nn] = run_y[ri]
-                        out_x0[nn] = start
-                        out_x1[nn] = x
-                        nn += 1
-                        start = -1
-            obj_flags[no + c] = BLENDED
-            obj_fam[no + c] = nf
-            obj_off[no + c + 1] = nn
-        no += npiece
-        nl += w * h
-        nf += 1
-    return (
-        out_y[:nn], out_x0[:nn], out_x1[:nn], obj_off[: no + 1], obj_flags[:no], obj_fam[:no],
-        fam_box[:nf], fam_lab[:nl],
-    )  # fmt: skip
+        grid[:n] = -np.inf
+        runs = order[offsets[o] : offsets[o + 1]]
+        _fill_grid(run_y, run_x0, run_x1, run_val, voff, runs, xmin[o], ymin[o], w[o], grid)
+        out[o] = _count_peaks(grid, w[o], h[o], level)
+
+
+@ngjit
+def split_object(
+    run_y, run_x0, run_x1, run_val, runs, xmin, ymin, w, h, min_prom, contrast, minarea, labels
+):  # fmt: skip
+    """Persistence split of one object (``_basins``): ``labels`` (its bounding-box grid) gets
+    each pixel's piece, 0, 1, ... (-1 outside the object); returns the number of pieces."""
+    voff = run_offsets(run_x0, run_x1)
+    grid = np.full(w * h, -np.inf, dtype=np.float32)
+    _fill_grid(run_y, run_x0, run_x1, run_val, voff, runs, xmin, ymin, w, grid)
+    npix = 0
+    for ri in runs:
+        npix += run_x1[ri] - run_x0[ri]
+    idx = np.empty(npix, dtype=np.int64)
+    vals = np.empty(npix, dtype=np.float32)
+    m = 0
+    for q in range(w * h):
+        if grid[q] > -np.inf:
+            idx[m] = q
+            vals[m] = grid[q]
+            m += 1
+    rank = np.full(w * h, -1, dtype=np.int64)
+    parent = np.empty(npix, dtype=np.int64)
+    peakv = np.empty(npix, dtype=np.float32)
+    area = np.zeros(npix, dtype=np.int64)
+    _basins(grid, rank, w, h, idx, vals, min_prom, contrast, minarea, parent, peakv, area)
+    piece = np.full(npix, -1, dtype=np.int64)
+    npiece = 0
+    for q in range(w * h):
+        if rank[q] < 0:
+            labels[q] = -1
+            continue
+        root = _find(parent, rank[q])
+        if piece[root] < 0:
+            piece[root] = npiece
+            npiece += 1
+        labels[q] = piece[root]
+    return npiece
+
+
+@ngjit
+def piece_runs(run_y, run_x0, run_x1, runs, labels, xmin, ymin, w, npiece, oy, ox0, ox1, opiece):
+    """The runs of the pieces of a split object, piece after piece, each in row order; returns
+    how many (at most the object's pixel count, the size the outputs need)."""
+    n = 0
+    for c in range(npiece):
+        for ri in runs:
+            base = (run_y[ri] - ymin) * w - xmin
+            start = -1
+            for x in range(run_x0[ri], run_x1[ri] + 1):
+                mine = x < run_x1[ri] and labels[base + x] == c
+                if mine and start < 0:
+                    start = x
+                elif not mine and start >= 0:
+                    oy[n] = run_y[ri]
+                    ox0[n] = start
+                    ox1[n] = x
+                    opiece[n] = c
+                    n += 1
+                    start = -1
+    return n
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,14 +194,97 @@ def _check(thresh: float, minarea: int, fwhm_guess: float) -> None:
 
 
 def _detect(image, mask_arr, use_mask, bkg, thresh, fwhm_guess, keep_snr):
+    """(run_y, run_x0, run_x1, parent, run_val) of the pixels above threshold, and the filtered
+    S/N image when ``keep_snr``. The run arrays start at a size that holds any sane CCD and
+    grow (the pass is redone) when a frame is mostly above threshold."""
     g = gaussian_kernel(fwhm_guess)
     ny, nx = image.shape
     snr = np.empty((ny, nx) if keep_snr else (1, 1), dtype=np.float32)
-    runs = k.detect_runs(
-        image, mask_arr, use_mask, bkg.level, bkg.rms, *bkg.axes(), g,
-        _edge_norm(g, nx), _edge_norm(g, ny), float(thresh), snr, keep_snr,
+    normx, normy = _edge_norm(g, nx), _edge_norm(g, ny)
+    cap = max(4096, image.size // 64)
+    while True:
+        runs = [np.empty(cap, dtype=np.int64) for _ in range(4)]
+        vals = np.empty(4 * cap, dtype=np.float32)
+        n, nval = k.detect_runs(
+            image, mask_arr, use_mask, bkg.level, bkg.rms, *bkg.axes(), g, normx, normy,
+            float(thresh), snr, keep_snr, *runs, vals,
+        )  # fmt: skip
+        if n >= 0:
+            return (*(r[:n] for r in runs), vals[:nval]), snr
+        cap *= 4
+
+
+def _deblend(run_y, run_x0, run_x1, run_val, order, offsets, thresh, minarea):
+    """Split the objects with more than one significant peak (``k.split_object``).
+
+    Returns the objects' runs (those of object i at [offsets[i], offsets[i + 1])), per object
+    its flags (BLENDED on the pieces of a split object) and family, and the families: boxes
+    (x0, y0, w, h, offset into the labels) and labels (object index per bounding-box pixel).
+    """
+    nobj = offsets.size - 1
+    runs = order
+    obj_of_run = np.repeat(np.arange(nobj), np.diff(offsets))
+    starts = offsets[:-1]
+    xmin = np.minimum.reduceat(run_x0[runs], starts) if nobj else np.zeros(0, np.int64)
+    xmax = np.maximum.reduceat(run_x1[runs], starts) if nobj else np.zeros(0, np.int64)
+    ymin = run_y[runs[starts]] if nobj else np.zeros(0, np.int64)
+    ymax = run_y[runs[offsets[1:] - 1]] if nobj else np.zeros(0, np.int64)
+    w, h = xmax - xmin, ymax - ymin + 1
+    npeaks = np.zeros(nobj, dtype=np.int64)
+    k.count_peaks(
+        run_y, run_x0, run_x1, run_val, order, offsets, xmin, ymin, w, h,
+        thresh + DEBLEND_PROMINENCE, DEBLEND_MAX_BOX, npeaks,
     )  # fmt: skip
-    return runs, snr
+    npix = np.add.reduceat(run_x1[runs] - run_x0[runs], starts) if nobj else npeaks
+    split = np.zeros(nobj, dtype=bool)
+    pieces = []  # (y, x0, x1, piece, npiece, box, labels) per split object
+    for o in np.flatnonzero((npeaks >= 2) & (npix >= 2 * minarea)):
+        obj_runs = order[offsets[o] : offsets[o + 1]]
+        labels = np.empty(int(w[o] * h[o]), dtype=np.int64)
+        npiece = k.split_object(
+            run_y, run_x0, run_x1, run_val, obj_runs, xmin[o], ymin[o], w[o], h[o],
+            DEBLEND_PROMINENCE, DEBLEND_CONTRAST, int(minarea), labels,
+        )  # fmt: skip
+        if npiece < 2:
+            continue
+        split[o] = True
+        out = [np.empty(int(npix[o]), dtype=np.int64) for _ in range(4)]
+        m = k.piece_runs(
+            run_y, run_x0, run_x1, obj_runs, labels, xmin[o], ymin[o], w[o], npiece, *out
+        )
+        pieces.append((*(a[:m] for a in out), npiece, (xmin[o], ymin[o], w[o], h[o]), labels))
+    keep = ~split[obj_of_run]
+    new_runs = [runs[keep]]
+    counts = [np.diff(offsets)[~split]]
+    flags = [np.zeros(int((~split).sum()), dtype=np.int64)]
+    fam = [np.full(int((~split).sum()), -1, dtype=np.int64)]
+    boxes, labs = [], []
+    first = int((~split).sum())  # index of the next new object
+    n_lab = 0
+    n_run = run_y.size
+    extra_y, extra_x0, extra_x1 = [run_y], [run_x0], [run_x1]
+    for f, (py, px0, px1, piece, npiece, (bx, by, bw, bh), labels) in enumerate(pieces):
+        extra_y.append(py)
+        extra_x0.append(px0)
+        extra_x1.append(px1)
+        new_runs.append(n_run + np.arange(py.size))
+        n_run += py.size
+        counts.append(np.bincount(piece, minlength=npiece))
+        flags.append(np.full(npiece, BLENDED, dtype=np.int64))
+        fam.append(np.full(npiece, f, dtype=np.int64))
+        boxes.append((bx, by, bw, bh, n_lab))
+        labs.append(np.where(labels >= 0, labels + first, -1))
+        n_lab += labels.size
+        first += npiece
+    sel = np.concatenate(new_runs)
+    all_y, all_x0, all_x1 = (np.concatenate(a)[sel] for a in (extra_y, extra_x0, extra_x1))
+    new_offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    fam_box = np.array(boxes, dtype=np.int64).reshape(-1, 5)
+    fam_lab = np.concatenate(labs) if labs else np.zeros(0, dtype=np.int64)
+    return (
+        all_y, all_x0, all_x1, new_offsets, np.concatenate(flags), np.concatenate(fam),
+        fam_box, fam_lab,
+    )  # fmt: skip
 
 
 def filtered_snr(
@@ -252,10 +335,9 @@ def detect_sources(
         image, mask_arr, use_mask, bkg, thresh, fwhm_guess, False
     )
     order, offsets = k.components(run_x0, run_x1, parent, int(minarea))
-    run_y, run_x0, run_x1, offsets, init_flags, obj_fam, fam_box, fam_lab = k.deblend(
-        run_y, run_x0, run_x1, run_val, order, offsets, float(thresh), DEBLEND_PROMINENCE,
-        DEBLEND_CONTRAST, int(minarea), DEBLEND_MAX_BOX,
-    )  # fmt: skip
+    run_y, run_x0, run_x1, offsets, init_flags, obj_fam, fam_box, fam_lab = _deblend(
+        run_y, run_x0, run_x1, run_val, order, offsets, float(thresh), int(minarea)
+    )
     n = offsets.size - 1
     out = np.zeros(n, dtype=SOURCE_DTYPE)
     cols = {name: np.empty(n) for name in SOURCE_DTYPE.names if SOURCE_DTYPE[name].kind == "f"}
