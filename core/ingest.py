@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numcodecs
 
-from core import assembly, isr
+from core import assembly, isr, metrics
 from core.camera import Camera, load_camera
 from core.exposure import (
     DetectorProduct,
@@ -28,6 +28,7 @@ from core.exposure import (
     exposure_attributes,
     write_detector,
     write_overview,
+    write_table,
 )
 from core.rawfile import RawCCD, RawFileError, RawInfo, read_raw, read_raw_header
 from core.zarrio import Writer
@@ -46,6 +47,8 @@ class CcdResult:
     overview: tuple | None = None  # (bx, by, sums, counts)
     timings: dict = field(default_factory=dict)
     raw_bytes: int = 0
+    metrics: dict | None = None  # per-amp metric columns (core.metrics)
+    sources: dict | None = None  # detected sources (science images)
 
 
 @dataclass
@@ -152,6 +155,10 @@ def _ingest_ccd(
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
         product = process_ccd(raw, camera, config)
+        result.metrics, result.sources, t_metrics = metrics.measure_ccd(
+            raw, product, camera.detector(raw.info.detector), config
+        )
+        product.timings.update(t_metrics)
         t2 = time.perf_counter()
         writer = Writer(tmp_root)
         write_detector(writer, product)
@@ -253,6 +260,7 @@ def ingest_exposure(
     failures: list[dict] = []
     timings: dict[str, float] = {}
     raw_bytes = 0
+    tables: dict[str, list] = {"metrics": [], "sources": []}
     seen: dict[str, str] = {}
     paths = []
     for info in infos:
@@ -276,6 +284,8 @@ def ingest_exposure(
             detectors.append(res.detector)
             nodes.update(res.nodes)
             grid.add(*res.overview)
+            tables["metrics"].append((res.detector, res.metrics))
+            tables["sources"].append((res.detector, res.sources))
             raw_bytes += res.raw_bytes
             for key, value in res.timings.items():
                 timings[key] = timings.get(key, 0.0) + value
@@ -302,6 +312,11 @@ def ingest_exposure(
         t0 = time.perf_counter()
         writer = builder.writer
         write_overview(writer, grid)
+        for name, parts in tables.items():
+            parts.sort(key=lambda p: camera.index(p[0]))
+            columns = metrics.concat_tables([p[1] for p in parts])
+            if columns:
+                write_table(writer, name, columns)
         nodes.update(writer.nodes)
         timings["overview_write"] = time.perf_counter() - t0
         expected = [d.name for d in camera.detectors]
