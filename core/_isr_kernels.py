@@ -52,6 +52,45 @@ def median_inplace(buf, n):
 
 
 @ngjit
+def median_counting(row, hist):
+    """Median of integer ``row`` by counting, when its range fits ``hist``; NaN otherwise.
+
+    Overscan rows are a few tens of ADU wide, so this is a few passes over ~60 values instead
+    of a selection.
+    """
+    n = row.shape[0]
+    lo = np.int64(row[0])
+    hi = lo
+    for i in range(1, n):
+        v = np.int64(row[i])
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    span = hi - lo + 1
+    if span > hist.shape[0]:
+        return np.nan
+    for i in range(span):
+        hist[i] = 0
+    for i in range(n):
+        hist[np.int64(row[i]) - lo] += 1
+    k1 = (n - 1) // 2  # lower and upper middle ranks (equal when n is odd)
+    k2 = n // 2
+    seen = 0
+    a = np.nan
+    for i in range(span):
+        c = hist[i]
+        if c == 0:
+            continue
+        if a != a and seen + c > k1:
+            a = float(lo + i)
+        if seen + c > k2:
+            return 0.5 * (a + float(lo + i))
+        seen += c
+    return a
+
+
+@ngjit
 def clipped_mean(values, centre, lim):
     """Mean of the values within ``lim`` of ``centre`` (``centre`` if none are)."""
     s = 0.0
@@ -65,17 +104,21 @@ def clipped_mean(values, centre, lim):
 
 
 @ngjit
-def robust_rows(block, clip, out):
+def robust_rows(block, clip, out, integer):
     """Per row of ``block`` (rows, columns): the mean of the values within ``clip`` robust
     sigmas of the row's median. One sigma for the whole block (1.4826 x the MAD about the row
     medians, over every 4th row, at least 1 ADU) keeps it to one selection per row."""
     ny, m = block.shape
-    buf = np.empty(m, dtype=np.float64)
+    buf = np.empty(m, dtype=block.dtype)
     med = np.empty(ny, dtype=np.float64)
+    hist = np.empty(512, dtype=np.int64)
     for y in range(ny):
-        for i in range(m):
-            buf[i] = block[y, i]
-        med[y] = median_inplace(buf, m)
+        v = median_counting(block[y], hist) if integer else np.nan
+        if v != v:  # wide row (a cosmic ray) or float data: selection
+            for i in range(m):
+                buf[i] = block[y, i]
+            v = median_inplace(buf, m)
+        med[y] = v
     n_dev = ((ny + 3) // 4) * m
     dev = np.empty(n_dev, dtype=np.float64)
     k = 0
@@ -87,18 +130,15 @@ def robust_rows(block, clip, out):
     if sigma < 1.0:
         sigma = 1.0
     lim = clip * sigma
-    vals = np.empty(m, dtype=np.float64)
     for y in range(ny):
-        for i in range(m):
-            vals[i] = block[y, i]
-        out[y] = clipped_mean(vals, med[y], lim)
+        out[y] = clipped_mean(block[y], med[y], lim)
 
 
 @ngjit
 def serial_overscan_rows(segments, ox0, ox1, clip, out):
     """Per amp and raw row, the robust mean of the serial overscan columns [ox0, ox1)."""
     for a in range(segments.shape[0]):
-        robust_rows(segments[a, :, ox0:ox1], clip, out[a])
+        robust_rows(segments[a, :, ox0:ox1], clip, out[a], True)
 
 
 @ngjit
@@ -112,7 +152,7 @@ def parallel_overscan_cols(segments, row_bias, x0, x1, py0, py1, clip, out):
             b = np.rint(row_bias[a, py0 + j])
             for u in range(w):
                 block[u, j] = segments[a, py0 + j, x0 + u] - b
-        robust_rows(block, clip, out[a])
+        robust_rows(block, clip, out[a], False)
 
 
 @ngjit

@@ -30,7 +30,10 @@ def test_robust_rows_match_reference(rows, cols):
     if block.size > 4:
         block[0, 0] = 5000.0  # a cosmic ray in the overscan
     out = np.empty(rows)
-    robust_rows(block, 3.0, out)
+    robust_rows(block, 3.0, out, False)
+    ints = np.empty(rows)
+    robust_rows(block.astype(np.int32), 3.0, ints, True)
+    np.testing.assert_allclose(ints, ref.robust_rows(block), rtol=0, atol=1e-9)
     np.testing.assert_allclose(out, ref.robust_rows(block), rtol=0, atol=1e-9)
 
 
