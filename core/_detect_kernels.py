@@ -438,6 +438,8 @@ def detect_runs(
         fy = np.float32(normy[yc])
         for x in range(nx):
             tline[x] *= nxf[x] * fy
+            if not tline[x] > 0:  # no noise at all (a dead amp): nothing can be detected there
+                tline[x] = np.inf
         if keep_snr:
             for x in range(nx):
                 sig = tline[x] / thresh

@@ -588,3 +588,19 @@ def test_sep_cross_check():
     for x, y in zip(xs, ys):
         assert nearest(ours, x, y)[1] < 0.2
         assert np.min(np.hypot(theirs["x"] - x, theirs["y"] - y)) < 0.5
+
+
+def test_a_dead_amp_neither_crashes_nor_detects(tmp_path):
+    """A disconnected amp reads a constant, 0 once overscan-corrected: zero noise there must mean
+    no detections, not a division by zero (every such CCD of a simulated full camera crashed)."""
+    from core.camera import load_camera
+    from core.ingest import process_ccd
+    from core.rawfile import read_raw
+    from core.simulate import Fault, simulate_ccd
+
+    sim = simulate_ccd("R22_S11", seed=1, faults=[Fault("R22_S11", "C05", "dead_amp")])
+    product = process_ccd(read_raw(sim.write(tmp_path / "dead.fits")), load_camera("LSSTCam"))
+    found = detect_sources(product.levels[0], saturation=1.3e5)
+    assert len(found) > 100  # the rest of the CCD still has its stars
+    c05 = (found["x"] >= 2560) & (found["x"] < 3072) & (found["y"] < 2002)  # E2V C05, unflipped
+    assert not c05.any()
