@@ -1046,11 +1046,16 @@ def measure(
         gx = (bxb - bxa) / (xb_ - xa_) if xb_ > xa_ else 0.0
         gy = (byb - bya) / (yb_ - ya_) if yb_ > ya_ else 0.0
         b_at = b0 + gx * (xbar - jx) + gy * (ybar - jy)
-        st = windowed_moments(
-            image, mask, use_mask, xbar, ybar, sigma0 * sigma0, sigma0 * sigma0, 0.0,
-            b_at, gx, gy, max_iter, 1e-4, 30.0,
-            fam_box[obj_fam[o]] if obj_fam[o] >= 0 else no_fam, fam_lab, o, win,
-        )  # fmt: skip
+        if flags & SATURATED:
+            # a clipped core and its bleed trail have no PSF shape to fit, and the window of a
+            # big saturated star was most of a CCD's measuring time: isophotal moments instead
+            st = 1
+        else:
+            st = windowed_moments(
+                image, mask, use_mask, xbar, ybar, sigma0 * sigma0, sigma0 * sigma0, 0.0,
+                b_at, gx, gy, max_iter, 1e-4, 30.0,
+                fam_box[obj_fam[o]] if obj_fam[o] >= 0 else no_fam, fam_lab, o, win,
+            )  # fmt: skip
         if st & 16:
             flags |= TRUNCATED
         if st & 15 == 0:

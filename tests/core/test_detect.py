@@ -604,3 +604,26 @@ def test_a_dead_amp_neither_crashes_nor_detects(tmp_path):
     assert len(found) > 100  # the rest of the CCD still has its stars
     c05 = (found["x"] >= 2560) & (found["x"] < 3072) & (found["y"] < 2002)  # E2V C05, unflipped
     assert not c05.any()
+
+
+@pytest.mark.parametrize("fwhm", [3.5, 5.0])
+def test_detection_on_level_1_comes_back_in_full_resolution_units(fwhm):
+    """What the ingest does: detect on the 2 x 2 mean level, report in level-0 pixels."""
+    from core.detect import detect_binned
+    from core.isr import downsample
+
+    img, xs, ys, _ = _star_field("gaussian", fwhm, seed=13)
+    full = detect_sources(img)
+    binned = detect_binned(downsample(img))
+    err = []
+    for x, y in zip(xs, ys):
+        i, d = nearest(binned, x, y)
+        assert d < 1.0
+        j, _ = nearest(full, x, y)
+        err.append((binned["x"][i] - x, binned["y"][i] - y))
+        assert binned["flux"][i] == pytest.approx(full["flux"][j], rel=0.05)
+        assert abs(binned["fwhm"][i] / fwhm - 1) < 0.1  # 3.5 px is under 2 binned pixels
+    err = np.array(err)
+    assert np.sqrt(np.mean(err**2)) < 0.1
+    assert np.abs(err.mean(axis=0)).max() < 0.03
+    assert abs(psf_summary(binned)["fwhm"] / fwhm - 1) < 0.05
