@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from cvt.display import apply_rects
+from cvt.display import apply_rects, colourise
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.stats import table_for, tile_samples
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey
@@ -136,6 +136,7 @@ class TileLoader(QObject):
         self.images: dict = {}
         self.layout: Layout | None = None
         self.tables: dict = {}  # (domain, level) -> Transfers, replaced whole (atomic)
+        self.colour: tuple[int, np.ndarray] | None = None  # (version, ARGB table)
         # counters (the benchmark and the tests read them)
         self.requested = 0
         self.reads = 0
@@ -160,6 +161,9 @@ class TileLoader(QObject):
 
     def set_tables(self, tables: dict) -> None:
         self.tables = dict(tables)  # a new dict: the workers see the old one or the new one
+
+    def set_colour(self, version: int, lut: np.ndarray) -> None:
+        self.colour = (version, lut)
 
     @property
     def busy(self) -> bool:
@@ -218,7 +222,7 @@ class TileLoader(QObject):
             self._in_flight.add(req.key)
             epoch, exposure, images, layout = self.epoch, self.exposure, self.images, self.layout
             self.reads += 1
-        tile = read_tile(exposure, images, layout, req.key, self.tables)
+        tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
         self._response.emit((epoch, req, tile))
 
     # --- responses (GUI thread)
@@ -242,7 +246,9 @@ class TileLoader(QObject):
             self.dropped += 1
 
 
-def read_tile(exposure, images: dict, layout: Layout, key: TileKey, tables: dict) -> Tile:
+def read_tile(
+    exposure, images: dict, layout: Layout, key: TileKey, tables: dict, colour=None
+) -> Tile:
     """One chunk as float32, its per-amp samples (detector tiles) and its index image if
     transfers are known. A chunk missing from the store, or that cannot be read, comes back
     ``absent`` with the reason."""
@@ -270,6 +276,8 @@ def read_tile(exposure, images: dict, layout: Layout, key: TileKey, tables: dict
     if transfers is not None:
         tile.index = apply_rects(data, rects, transfers)
         tile.generation = transfers.generation
+        if colour is not None:
+            tile.colour, tile.argb = colour[0], colourise(tile.index, colour[1])
     return tile
 
 

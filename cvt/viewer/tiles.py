@@ -437,8 +437,9 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
 
 @dataclass
 class Tile:
-    """A loaded tile: the data (float32, as stored) and its index image under the transfers of
-    generation ``generation`` (-1: not stretched yet). ``absent`` says why there is no data."""
+    """A loaded tile: the data (float32, as stored), its index image under the transfers of
+    generation ``generation`` (-1: not stretched yet) and that index through colour map
+    version ``colour``. ``absent`` says why there is no data."""
 
     key: TileKey
     data: np.ndarray | None
@@ -446,6 +447,8 @@ class Tile:
     generation: int = -1
     absent: str | None = None
     samples: dict | None = None  # per-amp sorted samples (cvt.viewer.stats)
+    argb: np.ndarray | None = None  # the index image through colour map ``colour``
+    colour: int = -1
 
     @property
     def nbytes(self) -> int:
@@ -456,6 +459,8 @@ class Tile:
             n += self.data.nbytes
         if self.index is not None:
             n += self.index.nbytes
+        if self.argb is not None:
+            n += self.argb.nbytes
         return n
 
 

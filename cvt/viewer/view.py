@@ -1,8 +1,8 @@
 """The focal-plane view: one pyqtgraph scene in focal-plane pixels (x right, y up).
 
-Tiles are ``ImageItem`` s of uint8 index images (0 = no data, transparent) under one shared
-256-entry colour table, placed at ``origin + level scale``; their rows are already y-up, so the
-items are not flipped and the view box is not inverted. Items are pooled: panning across the
+Tiles are ``TileItem`` s: premultiplied ARGB32 images (index 0 = no data, transparent), placed
+at ``origin + level scale``; their rows are already y-up, so the items are not flipped and the
+view box is not inverted. Items are pooled: panning across the
 plane reuses a bounded set of them. The view never reads data: it draws what it is given and
 says (``view_changed``) when what it shows has moved.
 """
@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QKeyEvent
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QPainter, QTransform
+from PySide6.QtWidgets import QGraphicsItem
 
-from cvt.display import index_lut
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect, Tile, TileKey
 
@@ -39,9 +39,8 @@ class FocalPlaneView(pg.GraphicsView):
         self.setCentralItem(self.vb)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.extent: Rect = (-1.0, -1.0, 1.0, 1.0)
-        self.lut = index_lut("grey")
         self._items: dict[TileKey, pg.ImageItem] = {}
-        self._tiles: dict[TileKey, tuple[Tile, int]] = {}  # what each item shows, and its stretch
+        self._tiles: dict[TileKey, tuple[Tile, int, int]] = {}  # shown tile, its generations
         self._pool: list[pg.ImageItem] = []
         self._changed = QTimer(self, singleShot=True, interval=0)
         self._changed.timeout.connect(self.view_changed)
@@ -118,6 +117,11 @@ class FocalPlaneView(pg.GraphicsView):
     def flying(self) -> bool:
         return self._fly.isActive()
 
+    @property
+    def change_pending(self) -> bool:
+        """The view moved and ``view_changed`` has not been delivered yet."""
+        return self._changed.isActive()
+
     def _fly_step(self) -> None:
         start, end, step = self._fly_path
         n = max(1, self.fly_duration_ms // self._fly.interval())
@@ -189,32 +193,26 @@ class FocalPlaneView(pg.GraphicsView):
 
     # --- tiles
 
-    def set_lut(self, lut: np.ndarray) -> None:
-        """The colour-map stage: a new table for every item; no pixel is touched."""
-        self.lut = lut
-        for item in self._items.values():
-            item.setLookupTable(lut)
-
     def show_tile(self, tile: Tile, rect: Rect, z: float) -> None:
-        """Draw (or redraw) a tile's index image over ``rect`` at depth ``z``."""
+        """Draw (or redraw) a tile's colour image over ``rect`` at depth ``z``."""
         item = self._items.get(tile.key)
         if item is None:
-            item = self._pool.pop() if self._pool else pg.ImageItem(axisOrder="row-major")
+            item = self._pool.pop() if self._pool else TileItem()
             self._items[tile.key] = item
             if item.scene() is None:
                 self.vb.addItem(item, ignoreBounds=True)
             item.setVisible(True)
         item.setZValue(z)
-        item.setImage(tile.index, autoLevels=False, levels=(0, 255), lut=self.lut)
-        self._tiles[tile.key] = (tile, tile.generation)
-        item.setRect(QRectF(rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]))
+        item.set_image(tile.argb)
+        item.place(rect)
+        self._tiles[tile.key] = (tile, tile.generation, tile.colour)
 
     def hide_tile(self, key: TileKey) -> None:
         item = self._items.pop(key, None)
         self._tiles.pop(key, None)
         if item is not None:
             item.setVisible(False)
-            item.clear()
+            item.set_image(None)
             if len(self._pool) < 64:
                 self._pool.append(item)
             else:
@@ -223,13 +221,55 @@ class FocalPlaneView(pg.GraphicsView):
     def shown(self) -> set[TileKey]:
         return set(self._items)
 
-    def shown_tile(self, key: TileKey) -> tuple[Tile | None, int]:
-        """The tile drawn for ``key`` and the stretch generation it was drawn with."""
-        return self._tiles.get(key, (None, -1))
+    def shown_tile(self, key: TileKey) -> tuple[Tile | None, int, int]:
+        """The tile drawn for ``key``, and the stretch and colour generations it was drawn
+        with."""
+        return self._tiles.get(key, (None, -1, -1))
 
-    def item(self, key: TileKey) -> pg.ImageItem | None:
+    def item(self, key: TileKey) -> TileItem | None:
         return self._items.get(key)
 
     def clear_tiles(self) -> None:
         for key in list(self._items):
             self.hide_tile(key)
+
+
+class TileItem(QGraphicsItem):
+    """One tile: a premultiplied-ARGB32 image (drawn as is: no conversion per frame, unlike an
+    indexed image) scaled onto its focal-plane box, rows upwards."""
+
+    def __init__(self):
+        super().__init__()
+        self._pixels: np.ndarray | None = None
+        self._image: QImage | None = None
+        self._size = QRectF()
+
+    def set_image(self, argb: np.ndarray | None) -> None:
+        if argb is None:
+            self._pixels = self._image = None
+            return
+        argb = np.ascontiguousarray(argb, dtype=np.uint32)
+        h, w = argb.shape
+        if self._size.width() != w or self._size.height() != h:
+            self.prepareGeometryChange()
+            self._size = QRectF(0, 0, w, h)
+        self._pixels = argb  # the QImage below borrows this buffer
+        self._image = QImage(argb.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
+        self.update()
+
+    def place(self, rect: Rect) -> None:
+        w, h = self._size.width() or 1.0, self._size.height() or 1.0
+        self.setTransform(
+            QTransform((rect[2] - rect[0]) / w, 0, 0, (rect[3] - rect[1]) / h, rect[0], rect[1])
+        )
+
+    @property
+    def pixels(self) -> np.ndarray | None:
+        return self._pixels
+
+    def boundingRect(self) -> QRectF:
+        return self._size
+
+    def paint(self, painter: QPainter, option, widget=None) -> None:
+        if self._image is not None:
+            painter.drawImage(self._size, self._image)

@@ -44,10 +44,11 @@ from cvt.display import (
     STRETCHES,
     DisplaySettings,
     apply_rects,
+    argb_lut,
     build_transfers,
     colormap,
+    colourise,
     histogram,
-    index_lut,
     merge_samples,
 )
 from cvt.viewer import health as health_mod
@@ -122,9 +123,18 @@ def _build_table(generation: int, settings: DisplaySettings, samples, amp_det):
     return transfers, hist
 
 
-def _restretch(jobs, layout: Layout) -> list[tuple[Tile, np.ndarray, int]]:
-    """Worker: index images of tiles already in memory under new transfers (no read)."""
-    return [(t, apply_rects(t.data, layout.rects(t.key), tab), tab.generation) for t, tab in jobs]
+def _redraw(jobs, layout: Layout, colour) -> list:
+    """Worker: the stretch and colour stages of tiles already in memory (no read): a new index
+    image where the transfers changed, and the colour image from the index."""
+    version, lut = colour
+    out = []
+    for t, table in jobs:
+        if t.index is None or t.generation != table.generation:
+            index, generation = apply_rects(t.data, layout.rects(t.key), table), table.generation
+        else:
+            index, generation = t.index, t.generation
+        out.append((t, index, generation, colourise(index, lut), version))
+    return out
 
 
 class ViewerWindow(QMainWindow):
@@ -152,6 +162,7 @@ class ViewerWindow(QMainWindow):
         self.runner = TaskRunner(io_threads, cpu_threads, self)
         self.cache = TileCache(tile_budget_mb * 1024 * 1024)
         self.loader = TileLoader(self.runner, self.cache, self)
+        self.loader.set_colour(0, argb_lut(self.settings.cmap))
         self.view = FocalPlaneView(self)
         if not animate:
             self.view.fly_duration_ms = 0
@@ -170,11 +181,15 @@ class ViewerWindow(QMainWindow):
         self._dirty_tables: set[tuple[str, int]] = set()
         self._table_jobs = 0
         self._stretch_jobs = 0
+        self._colour_version = 0
+        self.lut = argb_lut(self.settings.cmap)
         self._stats_jobs = 0
         self._restretch_pending: dict[TileKey, Tile] = {}
         self._wanted: list[TileKey] = []
         self._wanted_set: set[TileKey] = set()
         self._absent_tiles: dict[TileKey, Tile] = {}
+        self._absent_drawn: frozenset | None = None
+        self._ov_keep: set[TileKey] = set()
         self._t_open = 0.0
         self._first_frame_at: float | None = None
         self._settled_emitted = False
@@ -372,6 +387,8 @@ class ViewerWindow(QMainWindow):
         self.tables.clear()
         self._dirty_tables.clear()
         self._absent_tiles.clear()
+        self._absent_drawn = None
+        self._ov_keep = set()
         self._restretch_pending.clear()
         self._wanted, self._wanted_set = [], set()
         self.view.clear_tiles()
@@ -403,7 +420,7 @@ class ViewerWindow(QMainWindow):
             self._stats_jobs += 1
             tiles = {k: t for k, t in self.resident.items() if k.level == level}
             self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
-        self._display(tile)
+        self._sync_overview()
         self._schedule_settle_check()
 
     def _on_stats(self, result) -> None:
@@ -489,6 +506,8 @@ class ViewerWindow(QMainWindow):
         self._schedule_settle_check()
 
     def _flush_restretch(self) -> None:
+        """Send the tiles whose stretch or colours are out of date to the workers, those on
+        screen first, in small batches (so the first of them come back quickly)."""
         if not self._restretch_pending:
             return
         shown = self.view.shown()
@@ -501,29 +520,33 @@ class ViewerWindow(QMainWindow):
         rest = tiles[len(first) :]
         batches = [first[i : i + 2] for i in range(0, len(first), 2)]
         batches += [rest[i : i + RESTRETCH_BATCH] for i in range(0, len(rest), RESTRETCH_BATCH)]
+        colour = (self._colour_version, self.lut)
         for batch in batches:
             jobs = [(t, table_for(t.key, self.tables)) for t in batch]
-            jobs = [(t, tab) for t, tab in jobs if tab is not None]
+            jobs = [(t, tab) for t, tab in jobs if tab is not None and t.data is not None]
             if not jobs:
                 continue
             self._stretch_jobs += 1
-            self.runner.submit("cpu", _restretch, jobs, self.layout, on_done=self._on_restretched)
+            self.runner.submit(
+                "cpu", _redraw, jobs, self.layout, colour, on_done=self._on_restretched
+            )
 
     def _on_restretched(self, results) -> None:
         self._stretch_jobs -= 1
-        for tile, index, generation in results:
+        for tile, index, generation, argb, colour in results:
             table = table_for(tile.key, self.tables)
-            if table is None or table.generation != generation:
-                # the statistics or the stretch changed meanwhile: again, if still needed
+            if table is None or table.generation != generation or colour != self._colour_version:
+                # the statistics, stretch or colours changed meanwhile: again, if still needed
                 if tile.key in self._wanted_set or tile.key in self.resident:
                     self._restretch_pending[tile.key] = tile
                     self._restretch_timer.start()
                 continue
             old = tile.nbytes
-            tile.index, tile.generation = index, generation
+            tile.index, tile.generation, tile.argb, tile.colour = index, generation, argb, colour
             if tile.key.source != OVERVIEW:
                 self.cache.resized(tile, old)
             self._display(tile)
+        self._sync_overview()
         self._schedule_settle_check()
 
     def set_settings(self, **changes) -> None:
@@ -547,8 +570,24 @@ class ViewerWindow(QMainWindow):
             self._dirty_tables |= set(self.level_samples)
             self._flush_tables()
         elif stage == "cmap":
-            self.view.set_lut(index_lut(new.cmap))
+            self._set_colour_map(new.cmap)
         self._schedule_settle_check()
+
+    def _set_colour_map(self, name: str) -> None:
+        """The colour stage: re-colour the index images in memory (workers); no read, no
+        re-stretch."""
+        self._colour_version += 1
+        self._settled_emitted = False
+        self.lut = argb_lut(name)
+        self.loader.set_colour(self._colour_version, self.lut)
+        shown = self.view.shown()
+        tiles = [self.view.shown_tile(k)[0] for k in shown]
+        tiles += [self.cache.get(k) for k in self._wanted if k not in shown]
+        tiles += [t for k, t in self.resident.items() if k not in shown]
+        for t in tiles:
+            if t is not None and t.index is not None:
+                self._restretch_pending[t.key] = t
+        self._restretch_timer.start()
 
     def _current_table_key(self) -> tuple[str, int] | None:
         """The statistics of what is drawn at this zoom (the finest data on screen)."""
@@ -588,19 +627,6 @@ class ViewerWindow(QMainWindow):
         rect = self.view.view_rect()
         px = self.view.pixel_size()
         layout = self.layout
-        # the overview: the coarsest level always, the level for this zoom over it
-        if layout.overview is not None:
-            ov = layout.overview
-            want_level = ov.level_for(px)
-            keep = set(ov.keys(ov.n_levels - 1))
-            keep |= set(ov.tiles_in(want_level, _grow(rect, 0.25)))
-            for key in self.view.shown():
-                if key.source == OVERVIEW and key not in keep:
-                    self.view.hide_tile(key)
-            for key in keep:
-                tile = self.resident.get(key)
-                if tile is not None:
-                    self._display(tile)
         # the detectors
         wanted = layout.wanted(rect, px)
         if wanted != self._wanted:
@@ -611,9 +637,39 @@ class ViewerWindow(QMainWindow):
             if tile is not None:
                 self._display(tile)
         self._prune(rect, px)
+        self._sync_overview()
         self._update_sources()
         self._update_progress()
         self._schedule_settle_check()
+
+    def _sync_overview(self) -> None:
+        """The overview under the detectors: the level for this zoom (over the coarsest level,
+        always there), until every detector tile the view needs is drawn; then none, so that
+        the gaps between CCDs are clean and nothing is drawn twice."""
+        ov = self.layout.overview if self.layout is not None else None
+        if ov is None:
+            return
+        px, rect = self.view.pixel_size(), self.view.view_rect()
+        detail = self.layout.wants_detector_tiles(px)
+        shown = self.view.shown()
+        complete = (
+            detail
+            and bool(self._wanted)
+            and all(k in shown or k in self._absent_tiles for k in self._wanted)
+        )
+        keep: set[TileKey] = set()
+        if not complete:
+            keep = set(ov.tiles_in(ov.level_for(px), _grow(rect, 0.25)))
+            if not detail or any(k not in self.resident for k in keep):
+                keep |= set(ov.keys(ov.n_levels - 1))
+        self._ov_keep = keep
+        for key in shown:
+            if key.source == OVERVIEW and key not in keep:
+                self.view.hide_tile(key)
+        for key in keep:
+            tile = self.resident.get(key)
+            if tile is not None and key not in shown:
+                self._display(tile)
 
     def _prune(self, rect, px: float) -> None:
         """Hide detector tiles that are off screen, or whose replacements are all in."""
@@ -647,13 +703,7 @@ class ViewerWindow(QMainWindow):
         """Show a tile if it belongs on screen now (re-stretching it first if needed)."""
         key = tile.key
         if key.source == OVERVIEW:
-            ov = self.layout.overview
-            coarsest = key.level == ov.n_levels - 1
-            want = ov.level_for(self.view.pixel_size())
-            if not coarsest and (
-                key.level != want
-                or not _intersects(ov.tile_rect(*_kl(key)), _grow(self.view.view_rect(), 0.25))
-            ):
+            if key not in self._ov_keep:
                 return
         elif key not in self._wanted_set:
             return
@@ -664,10 +714,14 @@ class ViewerWindow(QMainWindow):
         table = table_for(key, self.tables)
         if table is None:
             return
-        if tile.index is None or tile.generation != table.generation:
+        if (
+            tile.index is None
+            or tile.generation != table.generation
+            or tile.colour != self._colour_version
+        ):
             self._restretch_pending[key] = tile
             self._restretch_timer.start()
-            if tile.index is None:
+            if tile.argb is None:
                 return
         self._show(tile)
 
@@ -690,6 +744,7 @@ class ViewerWindow(QMainWindow):
 
     def _on_tile(self, tile: Tile) -> None:
         self._display(tile)
+        self._sync_overview()
         self._update_progress()
         self._schedule_settle_check()
 
@@ -701,7 +756,9 @@ class ViewerWindow(QMainWindow):
 
     def is_settled(self) -> bool:
         """Every tile the view needs is in and drawn with the current statistics and stretch."""
-        if self.layout is None or self._opening or self.view.flying or self.loader.busy:
+        if self.layout is None or self._opening or self.loader.busy:
+            return False
+        if self.view.flying or self.view.change_pending:
             return False
         if self._stretch_jobs or self._stats_jobs or self._table_jobs:
             return False
@@ -710,13 +767,15 @@ class ViewerWindow(QMainWindow):
         ov = self.layout.overview
         if ov is not None and len(self.levels_done) < ov.n_levels:
             return False
+        view = self.view.view_rect()
         keys = [k for k in self._wanted if k not in self._absent_tiles]
-        if ov is not None:
-            keys += ov.tiles_in(ov.level_for(self.view.pixel_size()), self.view.view_rect())
+        keys += [k for k in self._ov_keep if _intersects(_tile_rect(self.layout, k), view)]
         for key in keys:
-            tile, generation = self.view.shown_tile(key)
+            tile, generation, colour = self.view.shown_tile(key)
             table = table_for(key, self.tables)
             if tile is None or table is None or generation != table.generation:
+                return False
+            if colour != self._colour_version:
                 return False
         return True
 
@@ -799,6 +858,10 @@ class ViewerWindow(QMainWindow):
         """Absent detectors (the camera's, not in the exposure) and absent chunks."""
         if self.layout is None:
             return
+        state = frozenset(self._absent_tiles)
+        if state == self._absent_drawn:
+            return
+        self._absent_drawn = state
         boxes = [r for _, r in self.layout.absent]
         for key in self._absent_tiles:
             src = self.layout.sources[key.source]
@@ -1110,6 +1173,11 @@ def _grow(rect, frac: float):
 
 def _intersects(a, b) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def _tile_rect(layout: Layout, key: TileKey):
+    src = layout.overview if key.source == OVERVIEW else layout.sources[key.source]
+    return src.tile_rect(key.level, key.ty, key.tx)
 
 
 def _kl(key: TileKey):

@@ -291,3 +291,14 @@ def test_fast_index_matches_the_exact_transfer(stretch):
     got = fn.index(x)
     assert np.abs(got.astype(int) - want).max() <= 1
     assert (got[np.isnan(x)] == 0).all() and (got[100:110, 100:110] == 255).all()
+
+
+def test_argb_lut_and_colourise():
+    lut = d.argb_lut("viridis")
+    assert lut.dtype == np.uint32 and lut.shape == (256,)
+    assert lut[0] == 0  # no data: transparent
+    r, g, b = d.index_lut("viridis")[1, :3]
+    assert lut[1] == (0xFF << 24) | (int(r) << 16) | (int(g) << 8) | int(b)
+    index = np.array([[0, 1], [128, 255]], dtype=np.uint8)
+    out = d.colourise(index, lut)
+    assert out.dtype == np.uint32 and out.tolist() == [[lut[0], lut[1]], [lut[128], lut[255]]]
