@@ -1,0 +1,118 @@
+"""``cvt check``: exit codes, JSON per amp, the HTML report with its focal-plane map."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from core.ingest import ingest
+from cvt.cli import main
+
+DETECTORS = ("R22_S11", "R22_S12")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A science exposure with two faults and a clean bias, simulated and ingested."""
+    from core.simulate import Fault, simulate_exposure
+
+    root = tmp_path_factory.mktemp("check")
+    faults = [
+        Fault("R22_S11", "C03", "dead_amp"),
+        Fault("R22_S12", "C14", "noisy_amp", {"factor": 4.0}),
+    ]
+    sci = simulate_exposure(
+        root / "raw-sci", detectors=DETECTORS, seed=5, image_type="science", seq=1,
+        faults=faults, workers=1,
+    )  # fmt: skip
+    bias = simulate_exposure(
+        root / "raw-bias", detectors=DETECTORS, seed=5, image_type="bias", seq=2, faults=False,
+        workers=1,
+    )  # fmt: skip
+    reports, bad = ingest([root / "raw-sci", root / "raw-bias"], root / "repo", workers=1)
+    assert not bad and all(r.ok and not r.failures for r in reports)
+    return root / "repo", sci.obsid, bias.obsid
+
+
+def test_faulty_exposure_exits_1_with_the_worst_amps_first(repo, capsys):
+    path, sci, _ = repo
+    assert main(["check", str(path / f"{sci}.zarr")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{sci} (SCIENCE, 2 detectors, 32 amps):")
+    assert "1 fail" in out[0]
+    assert out[2].split()[:2] == ["R22_S11_C03", "fail"]
+    assert "dead" in out[2]
+    assert any(line.split()[0] == "R22_S12_C14" and "read_noise_e" in line for line in out[2:])
+
+
+def test_json_has_one_entry_per_amp_with_reasons(repo, capsys):
+    path, sci, _ = repo
+    assert main(["check", str(path / f"{sci}.zarr"), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["exposure"] == sci and data["category"] == "science"
+    assert len(data["amps"]) == 32
+    amps = {(a["detector"], a["amp"]): a for a in data["amps"]}
+    dead = amps[("R22_S11", "C03")]
+    assert dead["status"] == "fail"
+    assert dead["reasons"] == [
+        {"metric": "dead", "value": 1.0, "threshold": 0.5, "comparison": ">", "level": "fail",
+         "text": "dead 1 > 0.5"}
+    ]  # fmt: skip
+    noisy = amps[("R22_S12", "C14")]
+    (reason,) = [r for r in noisy["reasons"] if r["metric"] == "read_noise_e"]
+    assert reason["value"] > 8.0 and reason["threshold"] in (8.0, 25.0)
+    assert sum(a["status"] == "ok" for a in data["amps"]) >= 28
+    assert data["counts"]["fail"] == sum(a["status"] == "fail" for a in data["amps"])
+
+
+def test_clean_exposure_exits_0(repo, capsys):
+    path, _, bias = repo
+    assert main(["check", str(path / f"{bias}.zarr")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "32 ok" in out[0] and len(out) == 1
+
+
+def test_html_report_with_a_focal_plane_map(repo, tmp_path, capsys):
+    path, sci, _ = repo
+    report = tmp_path / "health.html"
+    assert main(["check", str(path / f"{sci}.zarr"), "--html", str(report)]) == 1
+    assert str(report) in capsys.readouterr().out
+    text = report.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "<svg" in text
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    rects = re.findall(r'<rect x="([-\d.]+)" y="([-\d.]+)" width="([\d.]+)" height="([\d.]+)" '
+                       r'fill="(#\w+)"[^>]*><title>([^<]*)</title>', text)  # fmt: skip
+    assert len(rects) == 32
+    dead = [r for r in rects if r[5].startswith("R22_S11_C03")]
+    assert dead[0][4] == "#d9473f" and "dead 1 &gt; 0.5" in dead[0][5]
+    # amps are placed in the focal plane: R22_S12 is right of R22_S11, amps do not overlap
+    x_of = {r[5].split()[0]: float(r[0]) for r in rects}
+    assert x_of["R22_S12_C10"] > x_of["R22_S11_C17"]
+    assert {(float(r[2]), float(r[3])) for r in rects} == {(512.0, 2002.0)}
+    assert len({(r[0], r[1]) for r in rects}) == 32
+    assert "<td>R22_S11</td><td>C03</td>" in text.replace("\n", "")
+
+
+def test_user_config_changes_the_verdict(repo, tmp_path, capsys):
+    path, sci, _ = repo
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text('known = ["R22_S11_C03"]\n[default.read_noise_e]\nfail_above = 100.0\n')
+    code = main(["check", str(path / f"{sci}.zarr"), "--json", "--config", str(cfg)])
+    data = json.loads(capsys.readouterr().out)
+    amps = {(a["detector"], a["amp"]): a for a in data["amps"]}
+    assert amps[("R22_S11", "C03")]["status"] == "known"
+    assert code == (1 if data["counts"]["fail"] else 0)
+
+
+def test_errors_exit_2_with_one_line(repo, tmp_path, capsys):
+    path, sci, _ = repo
+    missing = tmp_path / "nope.zarr"
+    assert main(["check", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[[")
+    assert main(["check", str(path / f"{sci}.zarr"), "--config", str(bad)]) == 2
+    assert "bad.toml" in capsys.readouterr().err
