@@ -314,10 +314,14 @@ def exposure_attributes(**kw) -> dict:
 # Reading
 
 
-def _store_for(url: str | os.PathLike):
+def _store_for(url: str | os.PathLike, storage_options: dict | None = None):
+    """A local folder, or any fsspec URL through ``core.remote`` (retries, checked responses,
+    the disk chunk cache)."""
     url = os.fspath(url)
     if "://" in url and not url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(url, read_only=True)
+        from core import remote
+
+        return remote.open_store(url, storage_options)
     path = url[len("file://") :] if url.startswith("file://") else url
     return zarr.storage.LocalStore(path, read_only=True)
 
@@ -454,10 +458,12 @@ class DetectorImage:
 class Exposure:
     """An exposure store opened for reading, from a path or any fsspec URL (one request)."""
 
-    def __init__(self, url: str | os.PathLike):
+    def __init__(self, url: str | os.PathLike, storage_options: dict | None = None):
         self.url = os.fspath(url)
         try:
-            self.root = zarr.open_group(_store_for(self.url), mode="r", use_consolidated=True)
+            self.root = zarr.open_group(
+                _store_for(self.url, storage_options), mode="r", use_consolidated=True
+            )
             attrs = self.root.attrs.asdict()
         except Exception as exc:  # zarr raises several types for a missing or broken store
             raise ExposureError(f"{self.url}: not a readable exposure store ({exc})") from exc
@@ -517,12 +523,19 @@ class Exposure:
         return out
 
 
-def open_exposure(url: str | os.PathLike) -> Exposure:
-    return Exposure(url)
+def open_exposure(url: str | os.PathLike, storage_options: dict | None = None) -> Exposure:
+    """An exposure from a folder or any fsspec URL (``http://host:port/OBSID.zarr``,
+    ``s3://bucket/OBSID.zarr``); ``storage_options`` go to fsspec (S3 ``endpoint_url``, ``key``,
+    ``secret``; HTTP ``token`` for ``cvt serve --token-file``)."""
+    return Exposure(url, storage_options)
 
 
-def list_exposures(repo: str | os.PathLike) -> list[str]:
+def list_exposures(repo: str | os.PathLike, storage_options: dict | None = None) -> list[str]:
     """The published exposures of a repository (folder or fsspec URL), sorted by name."""
+    if "://" in os.fspath(repo) and not os.fspath(repo).startswith("file://"):
+        from core import remote
+
+        return remote.list_exposures(os.fspath(repo), storage_options)
     fs, root = fsspec.core.url_to_fs(os.fspath(repo))
     names = []
     for entry in fs.ls(root, detail=False):
