@@ -116,3 +116,41 @@ def test_errors_exit_2_with_one_line(repo, tmp_path, capsys):
     bad.write_text("[[[")
     assert main(["check", str(path / f"{sci}.zarr"), "--config", str(bad)]) == 2
     assert "bad.toml" in capsys.readouterr().err
+
+
+def test_ingest_wrote_sources_and_per_ccd_metrics(repo):
+    """The store's catalog: CCD and focal-plane positions of the simulated stars; the per-CCD
+    PSF, sky and source count repeated on each amp's row of the metrics table."""
+    import numpy as np
+
+    from core.camera import load_camera
+    from core.exposure import open_exposure
+
+    path, sci, _ = repo
+    exp = open_exposure(path / f"{sci}.zarr")
+    truth = json.loads((path.parent / "raw-sci" / f"{sci}_truth.json").read_text())
+    src = exp.table("sources")
+    cam = load_camera("LSSTCam")
+    metrics = exp.table("metrics")
+    for name in DETECTORS:
+        mine = src["detector"] == name
+        assert mine.sum() > 100
+        x, y = src["x"][mine], src["y"][mine]
+        fx, fy = cam.detector(name).ccd_to_fp(x, y)
+        np.testing.assert_allclose(src["fp_x"][mine], fx, atol=1e-6)
+        np.testing.assert_allclose(src["fp_y"][mine], fy, atol=1e-6)
+        stars = np.array(truth["stars"]["detector"]) == name
+        bright = stars & (np.array(truth["stars"]["flux"]) > 1e5)
+        tx = np.array(truth["stars"]["ccd_x"])[bright]
+        ty = np.array(truth["stars"]["ccd_y"])[bright]
+        d = np.hypot(x[None, :] - tx[:, None], y[None, :] - ty[:, None]).min(axis=1)
+        # bright stars found where they are, in CCD pixels (a few sit on the dead amp or blend)
+        assert np.mean(d < 1.0) > 0.8
+        assert np.median(d) < 0.05
+        rows = metrics["detector"] == name
+        assert np.all(metrics["ccd_sources"][rows] == mine.sum())
+        fwhm = metrics["ccd_psf_fwhm"][rows][0]
+        # arcsec at 0.2"/px; the adaptive-moment (Gaussian) FWHM of the simulator's Moffat
+        # (beta 3.5) stars comes out ~11 % above the Moffat core's FWHM
+        assert fwhm == pytest.approx(truth["fwhm_px"] * 0.2, rel=0.15)
+        assert metrics["ccd_sky_level"][rows][0] > 100
