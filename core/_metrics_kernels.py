@@ -19,6 +19,7 @@ from core._isr_kernels import median_inplace
 from core._jit import ngjit
 
 MAX_HIST = 1 << 22  # widest value range summarised by a histogram (18-bit data: 2^18)
+WINDOW = 1 << 14  # a first histogram spans this many values around a probe of the level
 IQR_TO_SIGMA = 1.0 / 1.3489795003921634  # Gaussian sigma from the interquartile range
 
 
@@ -27,9 +28,10 @@ IQR_TO_SIGMA = 1.0 / 1.3489795003921634  # Gaussian sigma from the interquartile
 
 
 @ngjit
-def _rank_value(hist, lo, hi, k):
-    """Value (bin index) of the k-th smallest (0-based) entry counted in hist[lo:hi + 1]."""
-    c = 0
+def _rank_value(hist, lo, hi, k, c0=0):
+    """Value (bin index) of the k-th smallest (0-based) entry counted in hist[lo:hi + 1], with
+    ``c0`` entries below the histogram."""
+    c = c0
     for i in range(lo, hi + 1):
         c += hist[i]
         if c > k:
@@ -38,12 +40,13 @@ def _rank_value(hist, lo, hi, k):
 
 
 @ngjit
-def _grouped_quantile(hist, lo, hi, n, q):
+def _grouped_quantile(hist, lo, hi, n, q, c0=0):
     """Quantile of integer data seen as grouped: each value k spread evenly over
     [k - 0.5, k + 0.5) (unbiased for a smooth distribution, unlike the order statistics of
-    integers: the IQR of data with a 5 ADU sigma would otherwise come out as 6 or 7 ADU)."""
+    integers: the IQR of data with a 5 ADU sigma would otherwise come out as 6 or 7 ADU).
+    ``c0`` entries lie below the histogram."""
     target = q * n
-    c = 0
+    c = c0
     for i in range(lo, hi + 1):
         f = hist[i]
         if f > 0 and c + f >= target:
@@ -53,10 +56,17 @@ def _grouped_quantile(hist, lo, hi, n, q):
 
 
 @ngjit
-def _median_from_hist(hist, lo, hi, n):
+def _median_from_hist(hist, lo, hi, n, c0=0):
     if n % 2 == 1:
-        return float(_rank_value(hist, lo, hi, n // 2))
-    return 0.5 * (_rank_value(hist, lo, hi, n // 2 - 1) + _rank_value(hist, lo, hi, n // 2))
+        return float(_rank_value(hist, lo, hi, n // 2, c0))
+    return 0.5 * (_rank_value(hist, lo, hi, n // 2 - 1, c0) + _rank_value(hist, lo, hi, n // 2, c0))
+
+
+@ngjit
+def _inside(below, above, n, q_lo, q_hi):
+    """Do the quantiles q_lo .. q_hi of n values fall inside a window that left ``below``
+    values under it and ``above`` over it?"""
+    return below < q_lo * n - 1 and above < (1.0 - q_hi) * n - 1
 
 
 @ngjit
@@ -78,7 +88,30 @@ def bias_level(segments, ox0, ox1, out):
     """Per amp, the median raw ADU of the serial overscan columns [ox0, ox1), all rows, the
     integers seen as grouped (``_grouped_quantile``: no half-ADU quantization)."""
     n_amp, ny, _ = segments.shape
+    n = ny * (ox1 - ox0)
+    window = np.zeros(WINDOW, dtype=np.int32)
+    probe = np.empty(ox1 - ox0, dtype=np.float64)
     for a in range(n_amp):
+        # one pass into a window around a probe of the middle row (the usual case) ...
+        for x in range(ox0, ox1):
+            probe[x - ox0] = segments[a, ny // 2, x]
+        lo = np.int64(median_inplace(probe, ox1 - ox0)) - WINDOW // 2
+        below = 0
+        above = 0
+        window[:] = 0
+        for y in range(ny):
+            for x in range(ox0, ox1):
+                i = segments[a, y, x] - lo
+                if i < 0:
+                    below += 1
+                elif i >= WINDOW:
+                    above += 1
+                else:
+                    window[i] += 1
+        if _inside(below, above, n, 0.5, 0.5):
+            out[a] = _grouped_quantile(window, 0, WINDOW - 1, n, 0.5, below) + lo
+            continue
+        # ... or the whole range
         lo = segments[a, 0, ox0]
         hi = lo
         for y in range(ny):
@@ -86,7 +119,6 @@ def bias_level(segments, ox0, ox1, out):
                 v = segments[a, y, x]
                 lo = min(lo, v)
                 hi = max(hi, v)
-        n = ny * (ox1 - ox0)
         if np.int64(hi) - lo > MAX_HIST:  # garbage in the overscan: sort instead
             buf = np.empty(n, dtype=np.float64)
             i = 0
@@ -321,7 +353,41 @@ def data_sample(segments, row_bias, x0, x1, y0, y1, row_step, stats):
     rows = (y1 - y0 + row_step - 1) // row_step
     n = rows * (x1 - x0)
     q = np.empty(3, dtype=np.float64)
+    window = np.zeros(WINDOW, dtype=np.int32)
+    probe = np.empty(x1 - x0, dtype=np.float64)
     for a in range(n_amp):
+        # one pass into a window around a probe of the middle row (the usual case) ...
+        ym = (y0 + y1) // 2
+        bm = np.rint(row_bias[a, ym])
+        for x in range(x0, x1):
+            probe[x - x0] = segments[a, ym, x] - bm
+        wlo = np.int64(median_inplace(probe, x1 - x0)) - WINDOW // 2
+        below = 0
+        above = 0
+        lo = np.int64(segments[a, y0, x0]) - np.int64(np.rint(row_bias[a, y0]))
+        hi = lo
+        window[:] = 0
+        for y in range(y0, y1, row_step):
+            b = np.int64(np.rint(row_bias[a, y]))
+            for x in range(x0, x1):
+                d = segments[a, y, x] - b
+                lo = min(lo, d)
+                hi = max(hi, d)
+                i = d - wlo
+                if i < 0:
+                    below += 1
+                elif i >= WINDOW:
+                    above += 1
+                else:
+                    window[i] += 1
+        stats[a, 3] = lo
+        stats[a, 4] = hi
+        if _inside(below, above, n, 0.25, 0.75):
+            stats[a, 0] = _median_from_hist(window, 0, WINDOW - 1, n, below) + wlo
+            stats[a, 1] = _grouped_quantile(window, 0, WINDOW - 1, n, 0.25, below) + wlo
+            stats[a, 2] = _grouped_quantile(window, 0, WINDOW - 1, n, 0.75, below) + wlo
+            continue
+        # ... or the whole range
         lo = np.int64(segments[a, y0, x0]) - np.int64(np.rint(row_bias[a, y0]))
         hi = lo
         for y in range(y0, y1, row_step):

@@ -556,3 +556,20 @@ def test_real_ts8_amp(obs_lsst):
     assert m["bright_columns"][i] == 0 and m["dark_columns"][i] == 0  # edge roll-off is left out
     others = np.arange(16) != i
     assert np.all(m["dead"][others] == 1)
+
+
+def test_histograms_beyond_the_first_window():
+    """Levels spread wider than the window around the probe take the whole-range path."""
+    seg = make_segments(2, 9, signal=0.0).astype(np.int64)
+    x0, x1, y0, y1 = DATASEC
+    ramp = np.linspace(0, 120000, (y1 - y0) * (x1 - x0)).reshape(y1 - y0, x1 - x0)
+    seg[0, y0:y1, x0:x1] += ramp.astype(np.int64)  # quartiles far outside any window
+    seg[1, NY // 2 - 40 : NY // 2 + 40, OX0:OX1] -= 20000  # the probe row sits on a minority
+    seg = seg.astype(np.int32)
+    rb = row_bias_of(seg)
+    stats = np.empty((2, 5))
+    k.data_sample(seg, rb, x0, x1, y0, y1, 4, stats)
+    np.testing.assert_allclose(stats, ref_sample(seg, rb), atol=1e-9)
+    out = np.empty(2)
+    k.bias_level(seg, OX0, OX1, out)
+    np.testing.assert_allclose(out, ref_bias_level(seg), atol=1e-9)
