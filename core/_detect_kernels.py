@@ -26,8 +26,8 @@ TRUNCATED = 16  # the measurement window runs off the image or onto bad pixels
 # Std of a normal distribution clipped at +-3 sigma, in sigmas: the clipped std is divided by it.
 CLIP3_STD = 0.986577
 HIST_HALF_RANGE = 8.0  # the histogram spans the first guess +- this many first-guess sigmas
-HIST_BINS_PER_SIGMA = 40
-SUBSAMPLE = 1024  # about this many pixels of a cell give the first guess
+HIST_BINS_PER_SIGMA = 100
+SUBSAMPLE = 256  # about this many pixels of a cell give the first guess
 WINDOW_Q = 16.0  # windowed moments use pixels within 4 sigma of the elliptical Gaussian weight
 
 
@@ -102,10 +102,11 @@ def _cell_stats(image, mask, use_mask, y0, y1, x0, x1, min_valid, integer, sub, 
                 ns += 1
     if ns < 3:
         return
-    m0 = median_inplace(sub, ns)
+    # a first guess only: one selection each (the upper median), no averaging
+    m0 = float(_quickselect(sub, ns, ns // 2))
     for i in range(ns):
         sub[i] = abs(sub[i] - m0)
-    s0 = 1.4826 * median_inplace(sub, ns)
+    s0 = 1.4826 * float(_quickselect(sub, ns, ns // 2))
     nbins = hist.shape[0]
     if s0 > 0.0:
         w = s0 / HIST_BINS_PER_SIGMA
@@ -135,8 +136,12 @@ def _cell_stats(image, mask, use_mask, y0, y1, x0, x1, min_valid, integer, sub, 
         out[0] = m0
         out[1] = 0.0
         return
+    # prefix sums of the counts and of their first two moments in bin-centre units
     for b in range(nbins):
-        cum[b + 1] = cum[b] + hist[b]
+        cb = b + 0.5
+        cum[0, b + 1] = cum[0, b] + hist[b]
+        cum[1, b + 1] = cum[1, b] + hist[b] * cb
+        cum[2, b + 1] = cum[2, b] + hist[b] * cb * cb
     c = m0
     s = s0
     med = m0
@@ -146,25 +151,26 @@ def _cell_stats(image, mask, use_mask, y0, y1, x0, x1, min_valid, integer, sub, 
         b1 = min(int(math.floor((c + 3.0 * s - lo) / w - 0.5)), nbins - 1)
         if b1 < b0:
             break
-        n = cum[b1 + 1] - cum[b0]
+        n = cum[0, b1 + 1] - cum[0, b0]
         if n < 3:
             break
-        sm = 0.0
-        for b in range(b0, b1 + 1):
-            sm += hist[b] * (b + 0.5)
-        mean = lo + w * sm / n
-        var = 0.0
-        for b in range(b0, b1 + 1):
-            d = lo + (b + 0.5) * w - mean
-            var += hist[b] * d * d
+        m1 = (cum[1, b1 + 1] - cum[1, b0]) / n
+        m2 = (cum[2, b1 + 1] - cum[2, b0]) / n
+        mean = lo + w * m1
+        var = max(m2 - m1 * m1, 0.0) * w * w
         # the median: the first bin where the count reaches n / 2, linearly inside it
-        half = cum[b0] + 0.5 * n
+        half = cum[0, b0] + 0.5 * n
         a = b0
-        while cum[a + 1] < half:
-            a += 1
-        inside = cum[a + 1] - cum[a]
-        med = lo + (a + ((half - cum[a]) / inside if inside > 0 else 0.5)) * w
-        s_new = math.sqrt(var / n) / CLIP3_STD
+        z = b1
+        while a < z:
+            mid = (a + z) // 2
+            if cum[0, mid + 1] >= half:
+                z = mid
+            else:
+                a = mid + 1
+        inside = cum[0, a + 1] - cum[0, a]
+        med = lo + (a + ((half - cum[0, a]) / inside if inside > 0 else 0.5)) * w
+        s_new = math.sqrt(var) / CLIP3_STD
         done = abs(med - c) < 1e-4 * s and abs(s_new - s) < 1e-4 * s
         c = med
         s = s_new
@@ -178,8 +184,8 @@ def _cell_stats(image, mask, use_mask, y0, y1, x0, x1, min_valid, integer, sub, 
 def mesh_stats(image, mask, use_mask, ey, ex, min_valid, integer, level, rms):
     """Per cell [ey[j], ey[j+1]) x [ex[i], ex[i+1]): 3-sigma clipped background and rms.
 
-    Start from the median and 1.4826 MAD of a regular subsample (about 1000 pixels), clip at
-    3 sigma around the median and iterate on a histogram of all good pixels (bins of sigma / 40,
+    Start from the median and 1.4826 MAD of a regular subsample (about 256 pixels), clip at
+    3 sigma around the median and iterate on a histogram of all good pixels (bins of sigma / 100,
     or of one value for integer data, over +- 8 sigma): the median and mean of the kept pixels,
     sigma = their std / 0.9866 (the std of a normal clipped at 3 sigma). The level is
     SExtractor's mode 2.5 median - 1.5 mean, or the median when the kept pixels are skewed
@@ -188,8 +194,8 @@ def mesh_stats(image, mask, use_mask, ey, ex, min_valid, integer, level, rms):
     """
     sub = np.empty(4 * SUBSAMPLE, dtype=np.float64)
     nbins = int(2 * HIST_HALF_RANGE * HIST_BINS_PER_SIGMA)
-    hist = np.zeros(nbins, dtype=np.int64)
-    cum = np.zeros(nbins + 1, dtype=np.float64)
+    hist = np.zeros(nbins, dtype=np.int32)
+    cum = np.zeros((3, nbins + 1), dtype=np.float64)
     out = np.empty(2, dtype=np.float64)
     for j in range(ey.shape[0] - 1):
         for i in range(ex.shape[0] - 1):
