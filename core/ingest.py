@@ -7,9 +7,11 @@ in flight whatever the size of the exposure.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -32,6 +34,8 @@ from core.exposure import (
 )
 from core.rawfile import RawCCD, RawFileError, RawInfo, read_raw, read_raw_header
 from core.zarrio import Writer
+
+log = logging.getLogger(__name__)
 
 FITS_SUFFIXES = (".fits", ".fits.gz", ".fit", ".fz", ".fits.fz")
 
@@ -239,6 +243,85 @@ def exposure_summary(infos: list[RawInfo]) -> dict:
     }
 
 
+class CcdCollector:
+    """The results of one exposure's CCD tasks, gathered where they were submitted: node
+    metadata, overview bins, metrics and sources, failures, timings. The batch ingest and the
+    watcher (``core.watch``) both fill one and finish with ``write_products`` and ``attributes``,
+    so the same CCDs make the same exposure whichever wrote it."""
+
+    def __init__(self, camera: Camera):
+        self.camera = camera
+        self.grid = OverviewGrid.for_bounds(camera.fp_bounds)
+        self.nodes: dict[str, dict] = {}
+        self.detectors: list[str] = []
+        self.failures: list[dict] = []
+        self.timings: dict[str, float] = {}
+        self.raw_bytes = 0
+        self.tables: dict[str, list] = {"metrics": [], "sources": []}
+
+    def add(self, res: CcdResult) -> None:
+        if res.error:
+            self.failures.append({"file": res.path, "reason": res.error})
+            return
+        self.detectors.append(res.detector)
+        self.nodes.update(res.nodes)
+        self.grid.add(*res.overview)
+        self.tables["metrics"].append((res.detector, res.metrics))
+        self.tables["sources"].append((res.detector, res.sources))
+        self.raw_bytes += res.raw_bytes
+        for key, value in res.timings.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+
+    def write_products(self, writer: Writer) -> None:
+        """The exposure-wide nodes: the overview and the tables (in the camera's order)."""
+        t0 = time.perf_counter()
+        write_overview(writer, self.grid)
+        for name, parts in self.tables.items():
+            parts.sort(key=lambda p: self.camera.index(p[0]))
+            columns = metrics.concat_tables([p[1] for p in parts])
+            if columns:
+                write_table(writer, name, columns)
+        self.nodes.update(writer.nodes)
+        self.timings["overview_write"] = time.perf_counter() - t0
+
+    def attributes(
+        self, summary: dict, *, complete: bool, seconds: float, n_expected: int | None = None
+    ) -> dict:
+        """The exposure's attributes (``exposure_summary`` of its files, and what came in);
+        ``n_expected`` overrides the camera's detector count (a test stand, a subset)."""
+        names = [d.name for d in self.camera.detectors]
+        self.detectors.sort(key=self.camera.index)
+        present = set(self.detectors)
+        return exposure_attributes(
+            **summary,
+            complete=complete,
+            detectors=list(self.detectors),
+            detectors_expected=len(names) if n_expected is None else n_expected,
+            detectors_missing=[n for n in names if n not in present],
+            failures=list(self.failures),
+            ingest={
+                "seconds": seconds,
+                "ccds": len(self.detectors),
+                "raw_bytes": self.raw_bytes,
+                "cpu_seconds": {k: round(v, 4) for k, v in self.timings.items() if k != "wall"},
+            },
+        )
+
+
+def record_in_catalog(repo: str | os.PathLike, path: str | os.PathLike) -> str | None:
+    """Put a just-published exposure in the repository's catalog (``core.catalog``). A catalog
+    that cannot be written never fails an ingest (it can be rebuilt from the stores): the
+    reason is logged and returned."""
+    from core import catalog
+
+    try:
+        catalog.record_exposure(repo, path)
+    except (sqlite3.Error, OSError, ExposureError) as exc:
+        log.warning("%s: not recorded in the catalog: %s", path, exc)
+        return str(exc)
+    return None
+
+
 def ingest_exposure(
     obsid: str,
     infos: list[RawInfo],
@@ -254,18 +337,13 @@ def ingest_exposure(
     t_start = time.perf_counter()
     camera = load_camera(infos[0].camera)
     builder = ExposureBuilder(repo, obsid, replace=replace)
-    grid = OverviewGrid.for_bounds(camera.fp_bounds)
-    nodes: dict[str, dict] = {}
-    detectors: list[str] = []
-    failures: list[dict] = []
-    timings: dict[str, float] = {}
-    raw_bytes = 0
-    tables: dict[str, list] = {"metrics": [], "sources": []}
+    collected = CcdCollector(camera)
+    grid = collected.grid
     seen: dict[str, str] = {}
     paths = []
     for info in infos:
         if info.detector in seen:
-            failures.append(
+            collected.failures.append(
                 {
                     "file": info.path,
                     "reason": f"duplicate of {seen[info.detector]} for {info.detector}",
@@ -277,20 +355,9 @@ def ingest_exposure(
     args = (camera.name, str(builder.tmp), (grid.x0, grid.y0), config)
 
     def collect(res: CcdResult) -> None:
-        nonlocal raw_bytes
-        if res.error:
-            failures.append({"file": res.path, "reason": res.error})
-        else:
-            detectors.append(res.detector)
-            nodes.update(res.nodes)
-            grid.add(*res.overview)
-            tables["metrics"].append((res.detector, res.metrics))
-            tables["sources"].append((res.detector, res.sources))
-            raw_bytes += res.raw_bytes
-            for key, value in res.timings.items():
-                timings[key] = timings.get(key, 0.0) + value
+        collected.add(res)
         if progress:
-            progress(obsid, len(detectors) + len(failures), len(infos))
+            progress(obsid, len(collected.detectors) + len(collected.failures), len(infos))
 
     try:
         if executor is None:
@@ -307,41 +374,26 @@ def ingest_exposure(
                 in_flight.add(executor.submit(_ingest_ccd, path, *args))
             for f in in_flight:
                 collect(f.result())
-        if not detectors:
+        if not collected.detectors:
             raise ExposureError(f"{obsid}: no CCD of the exposure could be read")
-        t0 = time.perf_counter()
-        writer = builder.writer
-        write_overview(writer, grid)
-        for name, parts in tables.items():
-            parts.sort(key=lambda p: camera.index(p[0]))
-            columns = metrics.concat_tables([p[1] for p in parts])
-            if columns:
-                write_table(writer, name, columns)
-        nodes.update(writer.nodes)
-        timings["overview_write"] = time.perf_counter() - t0
-        expected = [d.name for d in camera.detectors]
-        detectors.sort(key=lambda n: camera.index(n))
-        timings["wall"] = time.perf_counter() - t_start
-        attrs = exposure_attributes(
-            **exposure_summary(infos),
-            complete=True,
-            detectors=detectors,
-            detectors_expected=len(expected),
-            detectors_missing=[n for n in expected if n not in set(detectors)],
-            failures=failures,
-            ingest={
-                "seconds": timings["wall"],
-                "ccds": len(detectors),
-                "raw_bytes": raw_bytes,
-                "cpu_seconds": {k: round(v, 4) for k, v in timings.items() if k != "wall"},
-            },
+        collected.write_products(builder.writer)
+        collected.timings["wall"] = time.perf_counter() - t_start
+        attrs = collected.attributes(
+            exposure_summary(infos), complete=True, seconds=collected.timings["wall"]
         )
-        path = builder.publish(attrs, nodes)
+        path = builder.publish(attrs, collected.nodes)
     except BaseException:
         builder.abandon()
         raise
+    record_in_catalog(repo, path)
     return ExposureReport(
-        obsid, path, detectors, failures, time.perf_counter() - t_start, raw_bytes, timings
+        obsid,
+        path,
+        collected.detectors,
+        collected.failures,
+        time.perf_counter() - t_start,
+        collected.raw_bytes,
+        collected.timings,
     )
 
 

@@ -1,0 +1,162 @@
+"""The exposure catalog and trends on a simulated night whose amp C07 grows noisier each exposure.
+
+Four LATISS bias exposures (one CCD each, cheap): ``noisy_amp`` on ``RXX_S00`` C07 with a read
+noise factor of 1.0, 1.6, 2.2, 2.8. The batch ingest writes the catalog as it publishes; the
+catalog query and ``core.trend.series`` must show the drift on C07 and none on C03.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from core import catalog, trend
+from core.exposure import open_exposure
+from core.ingest import ingest
+from core.simulate import Fault, simulate_ccd
+
+FACTORS = (1.0, 1.6, 2.2, 2.8)
+AMP = "RXX_S00_C07"
+QUIET = "RXX_S00_C03"
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("night")
+    raw = tmp / "raw"
+    raw.mkdir()
+    for seq, factor in enumerate(FACTORS, start=1):
+        faults = [Fault("RXX_S00", "C07", "noisy_amp", {"factor": factor})] if factor > 1 else []
+        ccd = simulate_ccd(
+            "RXX_S00", camera="LATISS", seed=3, image_type="bias", seq=seq, faults=faults
+        )
+        ccd.write(raw / ccd.filename)
+    repo = tmp / "repo"
+    reports, unreadable = ingest([raw], repo, workers=1)
+    assert unreadable == [] and all(r.ok for r in reports)
+    return repo, reports
+
+
+def test_publication_writes_one_row_per_exposure_and_per_amp(night):
+    repo, reports = night
+    with catalog.open_catalog(repo) as cat:
+        rows = cat.exposures()
+        assert [r["obsid"] for r in rows] == sorted(r.obsid for r in reports)
+        assert [r["seqnum"] for r in rows] == [1, 2, 3, 4]
+        for r in rows:
+            assert r["image_type"].lower() == "bias"
+            assert r["complete"] == 1 and r["n_detectors"] == 1 and r["n_expected"] == 1
+            assert r["n_ok"] + r["n_warning"] + r["n_known"] + r["n_fail"] == 16
+            assert r["mjd"] > 60000 and r["airmass"] is not None
+        n_amps = cat.db.execute("SELECT count(*) FROM amps").fetchone()[0]
+        assert n_amps == 4 * 16
+        # every metric column of the stores' metrics tables is in the catalog
+        table = open_exposure(reports[0].path).table("metrics")
+        numeric = [c for c, v in table.items() if v.dtype.kind in "fiub"]
+        assert set(numeric) <= set(cat.metrics())
+    assert (repo / "catalog.sqlite").is_file()
+    mode = sqlite3.connect(repo / "catalog.sqlite").execute("PRAGMA journal_mode").fetchone()
+    assert mode[0] == "wal"
+
+
+def test_query_amp_returns_the_drift_and_the_store_values(night):
+    repo, reports = night
+    rows = catalog.query_amp(repo, AMP, "read_noise_e")
+    assert [r["seqnum"] for r in rows] == [1, 2, 3, 4]
+    values = np.array([r["value"] for r in rows])
+    ratio = values / values[0]
+    np.testing.assert_allclose(ratio, FACTORS, rtol=0.08)
+    # the catalog holds the store's numbers, not a recomputation
+    for r, report in zip(rows, reports):
+        t = open_exposure(report.path).table("metrics")
+        i = np.flatnonzero((t["detector"] == "RXX_S00") & (t["amp"] == "C07"))[0]
+        assert r["value"] == pytest.approx(float(t["read_noise_e"][i]), rel=1e-12)
+    quiet = np.array([r["value"] for r in catalog.query_amp(repo, QUIET, "read_noise_e")])
+    assert np.ptp(quiet) / quiet.mean() < 0.05
+    # the noisiest exposure's C07 is out of spec (health status recorded per amp)
+    assert rows[-1]["status"] in ("warning", "fail")
+
+
+def test_filters_by_time_and_image_type(night):
+    repo, _ = night
+    rows = catalog.query_amp(repo, AMP, "read_noise_e")
+    mjds = [r["mjd"] for r in rows]
+    later = catalog.query_amp(repo, AMP, "read_noise_e", since=mjds[1])
+    assert [r["seqnum"] for r in later] == [2, 3, 4]
+    both = catalog.query_amp(repo, AMP, "read_noise_e", since=mjds[1], until=mjds[2])
+    assert [r["seqnum"] for r in both] == [2, 3]
+    assert len(catalog.query_amp(repo, AMP, "read_noise_e", image_type="BIAS")) == 4
+    assert catalog.query_amp(repo, AMP, "read_noise_e", image_type="science") == []
+    iso = catalog.query_amp(repo, AMP, "read_noise_e", until="2000-01-01")
+    assert iso == []
+    with pytest.raises(catalog.CatalogError, match="no metric"):
+        catalog.query_amp(repo, AMP, "no_such_metric")
+
+
+def test_trend_series_shows_the_drift(night):
+    repo, _ = night
+    s = trend.series(repo, AMP, "read_noise_e", vs="seq")
+    assert s.x.tolist() == [1, 2, 3, 4]
+    assert np.all(np.diff(s.y) > 0)
+    assert s.slope() > 0
+    flat = trend.series(repo, QUIET, "read_noise_e", vs="seq")
+    assert abs(flat.slope()) < 0.1 * s.slope()
+    by_time = trend.series(repo, AMP, "read_noise_e", vs="time")
+    assert np.all(np.diff(by_time.x) > 0) and by_time.x_label == "MJD"
+    by_airmass = trend.series(repo, AMP, "read_noise_e", vs="airmass")
+    assert np.all(by_airmass.x >= 1.0)
+    line = trend.sparkline(s.y)
+    assert len(line) == 4 and line[0] == "▁" and line[-1] == "█"
+
+
+def test_rebuild_from_the_stores_gives_the_same_catalog(night, tmp_path):
+    repo, _ = night
+    before = catalog.query_amp(repo, AMP, "read_noise_e")
+    before_exp = catalog.query_exposures(repo)
+    (repo / "catalog.sqlite").unlink()
+    for extra in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (repo / extra).unlink(missing_ok=True)
+    with pytest.raises(catalog.CatalogError, match="no catalog"):
+        catalog.open_catalog(repo)
+    assert catalog.rebuild(repo) == 4
+    after = catalog.query_amp(repo, AMP, "read_noise_e")
+    assert after == before
+    strip = [{k: v for k, v in r.items() if k != "written"} for r in before_exp]
+    assert [
+        {k: v for k, v in r.items() if k != "written"} for r in catalog.query_exposures(repo)
+    ] == strip
+
+
+def test_a_remote_copy_reads_the_same(night):
+    """What a remote reader does: fetch ``catalog.sqlite`` through fsspec (an object store, or
+    plain HTTP GET as ``cvt serve`` serves it) into a temporary file and query that."""
+    import fsspec
+
+    repo, _ = night
+    local = catalog.query_amp(repo, AMP, "read_noise_e")
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/cvt-test/repo/catalog.sqlite", (repo / "catalog.sqlite").read_bytes())
+    with catalog.open_catalog("memory://cvt-test/repo") as cat:
+        assert cat.query_amp(AMP, "read_noise_e") == local
+        tmp = cat._tmp
+    assert tmp and not os.path.exists(tmp)  # the download is gone with the catalog
+    with pytest.raises(catalog.CatalogError, match="no catalog"):
+        catalog.open_catalog("memory://cvt-test/no-repo")
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert catalog.query_amp(url, AMP, "read_noise_e") == local
+    finally:
+        server.shutdown()
+        server.server_close()
