@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numcodecs
 
 from core import assembly, isr, metrics
 from core.camera import Camera, load_camera
+from core.distributed import make_executor
 from core.exposure import (
     DetectorProduct,
     ExposureBuilder,
@@ -405,21 +405,18 @@ def ingest(
     workers: int | None = None,
     config: isr.IsrConfig = isr.IsrConfig(),
     progress: Callable[[str, int, int], None] | None = None,
+    scheduler: str | None = None,
 ) -> tuple[list[ExposureReport], list[dict]]:
     """Ingest every exposure found in ``inputs`` (files and folders) into ``repo``.
 
     Returns the per-exposure reports and the files that could not even be identified.
-    ``workers`` defaults to the number of cores; 1 runs in this process.
+    ``workers`` defaults to the number of cores; 1 runs in this process. ``scheduler``
+    (``tcp://host:8786``) runs the CCD tasks on that Dask cluster instead (``core.distributed``).
     """
     files = find_raw_files(inputs)
     groups, unreadable = group_by_exposure(files)
-    workers = workers or os.cpu_count() or 1
     reports = []
-    executor = None
-    if workers > 1 and sum(len(v) for v in groups.values()) > 1:
-        executor = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
-        )
+    executor = make_executor(scheduler, workers, sum(len(v) for v in groups.values()))
     try:
         for obsid, infos in sorted(groups.items()):
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from core.distributed import SchedulerError
 from core.ingest import ingest
 from core.isr import IsrConfig
 from cvt.progress import Progress
@@ -27,20 +28,31 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="also correct each column by the parallel overscan",
     )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the CCD tasks on this Dask scheduler (tcp://host:8786); its workers must "
+        "see the raw files and the repository at the same paths",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     progress = None if args.quiet else Progress()
     config = IsrConfig(parallel=args.parallel_overscan)
-    reports, unreadable = ingest(
-        args.inputs,
-        args.repo,
-        replace=args.replace,
-        workers=args.workers,
-        config=config,
-        progress=progress,
-    )
+    try:
+        reports, unreadable = ingest(
+            args.inputs,
+            args.repo,
+            replace=args.replace,
+            workers=args.workers,
+            config=config,
+            progress=progress,
+            scheduler=args.scheduler,
+        )
+    except SchedulerError as exc:
+        print(f"cvt ingest: {exc}", file=sys.stderr)
+        return 2
     for bad in unreadable:
         print(f"{bad['file']}: {bad['reason']}", file=sys.stderr)
     for r in reports:

@@ -1,0 +1,128 @@
+"""Ingest tasks on a Dask distributed cluster: one task per CCD, the same ``_ingest_ccd``.
+
+``DaskExecutor`` makes an existing cluster (``distributed.Client(address)``) look like the
+``concurrent.futures`` executor the ingest and the watcher already drive: ``submit`` returns a
+plain ``concurrent.futures.Future`` (so ``wait(..., FIRST_COMPLETED)`` works unchanged) and
+``_max_workers`` is the cluster's thread count (the ingest keeps twice that many CCDs in flight).
+
+What a deployment needs (README, "Deployment"): every worker runs the same CVT version (checked
+when the executor starts) and sees the repository at the same path as the process that submits
+(a shared filesystem), because a task writes its CCD's arrays straight into the exposure store
+and sends back only small things (node metadata, overview bins, metrics). The raw files must be
+readable by the workers at the paths the submitter sees, too.
+
+Dask is optional (``pip install camera-visualization-tool[dask]``); it is imported only here,
+and only when a scheduler address is given.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+from core import __version__
+
+
+class SchedulerError(RuntimeError):
+    """The cluster cannot be used: unreachable, no Dask, or workers of another CVT version."""
+
+
+def _worker_version() -> str:
+    import core
+
+    return core.__version__
+
+
+class DaskExecutor:
+    """A ``concurrent.futures``-like executor over a Dask distributed cluster."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client=None,
+        check_versions: bool = True,
+        connect_timeout: float = 10.0,
+    ):
+        try:
+            import distributed
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise SchedulerError(
+                "a scheduler address needs Dask: pip install 'camera-visualization-tool[dask]'"
+            ) from exc
+        if client is None:
+            if not address:
+                raise SchedulerError("no scheduler address and no client")
+            try:
+                client = distributed.Client(
+                    address, set_as_default=False, timeout=f"{connect_timeout}s"
+                )
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
+            self._own_client = True
+        else:
+            self._own_client = False
+        self.client = client
+        self._lock = threading.Lock()
+        self._pending: set = set()  # the Dask futures: a task is released when forgotten
+        if check_versions:
+            versions = self.client.run(_worker_version)
+            other = {w: v for w, v in versions.items() if v != __version__}
+            if other:
+                self.shutdown()
+                raise SchedulerError(
+                    f"workers run another CVT version than this one ({__version__}): {other}"
+                )
+
+    @property
+    def _max_workers(self) -> int:
+        """Threads of the cluster's workers now (at least 1)."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        out: Future = Future()
+        out.set_running_or_notify_cancel()
+        task = self.client.submit(fn, *args, pure=False, **kwargs)
+        with self._lock:
+            self._pending.add(task)
+
+        def done(f) -> None:  # runs on the client's callback thread
+            with self._lock:
+                self._pending.discard(f)
+            try:
+                out.set_result(f.result())
+            except BaseException as exc:  # a task error, a lost worker, a cancellation
+                out.set_exception(exc)
+
+        task.add_done_callback(done)
+        return out
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            pending = list(self._pending)
+        if cancel_futures and pending:
+            self.client.cancel(pending)
+        elif wait and pending:
+            import distributed
+
+            distributed.wait(pending)
+        if self._own_client:
+            self.client.close()
+
+
+def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
+    """The executor of an ingest: a Dask cluster when ``scheduler`` is given, else a local
+    process pool of ``workers`` (default: one per core), or None to run in this process (one
+    worker or one task)."""
+    if scheduler:
+        return DaskExecutor(scheduler)
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or os.cpu_count() or 1
+    if workers <= 1 or n_tasks <= 1:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+    )

@@ -1,0 +1,85 @@
+"""CCD tasks on a real Dask cluster (two worker processes) make the same exposure as the local
+path: pixels, overview, metrics and sources; the batch ingest and the watcher both."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from core.exposure import open_exposure
+from core.ingest import ingest
+from core.simulate import simulate_exposure
+from core.watch import Watcher
+
+distributed = pytest.importorskip("distributed")
+
+DETECTORS = ("R22_S11", "R22_S12")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(
+        processes=True, n_workers=2, threads_per_worker=1, dashboard_address=None
+    ) as c:
+        yield c
+
+
+def assert_same_exposure(a, b) -> None:
+    assert a.detector_names == b.detector_names
+    for name in a.detector_names:
+        da, db = a.detector(name), b.detector(name)
+        for level in range(da.n_levels):
+            np.testing.assert_array_equal(da.level(level)[:], db.level(level)[:])
+        np.testing.assert_array_equal(da.raw_segments(), db.raw_segments())
+    for i in range(len(a.overview_attrs["factors"])):
+        np.testing.assert_array_equal(a.overview_level(i)[:], b.overview_level(i)[:])
+    for table in ("metrics", "sources"):
+        ta, tb = a.table(table), b.table(table)
+        assert list(ta) == list(tb)
+        for col in ta:
+            np.testing.assert_array_equal(ta[col], tb[col])
+
+
+def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
+    sim = simulate_exposure(
+        tmp_path / "raw", camera="ComCam", detectors=DETECTORS, seed=11, workers=2
+    )
+    local, _ = ingest([tmp_path / "raw"], tmp_path / "local", workers=1)
+    remote, unreadable = ingest(
+        [tmp_path / "raw"], tmp_path / "dask", scheduler=cluster.scheduler_address
+    )
+    assert unreadable == [] and remote[0].ok and not remote[0].failures
+    a, b = open_exposure(local[0].path), open_exposure(remote[0].path)
+    assert b.obsid == sim.obsid and b.complete
+    assert_same_exposure(a, b)
+    assert len(b.table("metrics")["amp"]) == 16 * len(DETECTORS)
+    assert len(b.table("sources")) > 0
+
+    # the watcher on the same cluster
+    events = []
+    watcher = Watcher(
+        tmp_path / "raw",
+        tmp_path / "watched",
+        expect=len(DETECTORS),
+        poll=0.2,
+        scheduler=cluster.scheduler_address,
+        on_event=events.append,
+    )
+    stop = threading.Event()
+    done = []
+    thread = threading.Thread(target=lambda: done.extend(watcher.run(stop, idle_exit=1.0)))
+    thread.start()
+    thread.join(120)
+    stop.set()
+    thread.join(10)
+    assert [d.obsid for d in done] == [sim.obsid] and watcher.errors == []
+    assert_same_exposure(a, open_exposure(done[0].path))
+
+
+def test_an_unreachable_scheduler_says_so(tmp_path):
+    from core.distributed import DaskExecutor, SchedulerError
+
+    with pytest.raises(SchedulerError, match="cannot reach"):
+        DaskExecutor("tcp://127.0.0.1:9", connect_timeout=1.0)
