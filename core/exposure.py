@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 
 from core import __version__
-from core.zarrio import Writer
+from core.zarrio import DEFAULT_CODEC, ZARR_JSON, Writer, array_metadata
 
 FORMAT_VERSION = 1
 LEVEL_CHUNK = 512
@@ -199,32 +199,43 @@ class OverviewGrid:
         out = []
         for i, _ in enumerate(OVERVIEW_FACTORS):
             if i:
-                h, w = sums.shape
-                sums = sums.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
-                counts = counts.reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.append(
-                    np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
-                )
+                sums, counts = _coarsen(sums), _coarsen(counts)
+            out.append(_bin_means(sums, counts))
         return out
+
+    def block(self, level: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows ``r0:r1`` and columns ``c0:c1`` of ``levels()[level]``, computed from those bins
+        only (the same float operations, so the same values to the bit)."""
+        s = 2**level
+        sums = self.sums[r0 * s : r1 * s, c0 * s : c1 * s]
+        counts = self.counts[r0 * s : r1 * s, c0 * s : c1 * s]
+        for _ in range(level):
+            sums, counts = _coarsen(sums), _coarsen(counts)
+        return _bin_means(sums, counts)
+
+
+def _coarsen(a: np.ndarray) -> np.ndarray:
+    """2 x 2 sums, always added in the same order (a block gives what the whole grid gives)."""
+    return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+
+
+def _bin_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+
+
+def _overview_attributes(grid: OverviewGrid) -> dict:
+    origin = (float(grid.x0), float(grid.y0))
+    shapes = [[grid.ny // 2**i, grid.nx // 2**i] for i in range(len(OVERVIEW_FACTORS))]
+    return {
+        "ome": ngff_multiscales("focal plane", origin, len(shapes), base_scale=OVERVIEW_FACTORS[0]),
+        "cvt": {"origin": list(origin), "factors": list(OVERVIEW_FACTORS), "level_shapes": shapes},
+    }
 
 
 def write_overview(writer: Writer, grid: OverviewGrid) -> None:
     levels = grid.levels()
-    origin = (float(grid.x0), float(grid.y0))
-    writer.group(
-        "overview",
-        {
-            "ome": ngff_multiscales(
-                "focal plane", origin, len(levels), base_scale=OVERVIEW_FACTORS[0]
-            ),
-            "cvt": {
-                "origin": list(origin),
-                "factors": list(OVERVIEW_FACTORS),
-                "level_shapes": [list(lv.shape) for lv in levels],
-            },
-        },
-    )
+    writer.group("overview", _overview_attributes(grid))
     for i, data in enumerate(levels):
         writer.array(f"overview/{i}", data, (LEVEL_CHUNK, LEVEL_CHUNK), dimension_names=["y", "x"])
 
@@ -296,6 +307,115 @@ class ExposureBuilder:
 
     def abandon(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class _ReplacingWriter(Writer):
+    """A Writer whose files replace the old ones atomically (a temporary file, then a rename;
+    an object store's put already is): a reader never sees half a file."""
+
+    def _put(self, path: str, data: bytes) -> None:
+        if not self._local:
+            super()._put(path, data)
+            return
+        parent, name = path.rsplit("/", 1)
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+
+class PartialExposure:
+    """An exposure that fills in CCD by CCD, in place (``cvt watch``). What a reader sees:
+
+    - the store at its final name ``<OBSID>.zarr`` from the first CCD on, whose root
+      ``zarr.json`` always exists and says ``complete: false`` until the end;
+    - ``detectors`` (attributes) and the consolidated metadata list only CCDs whose arrays are
+      all written: a task writes its CCD's arrays first, ``refresh`` lists them after;
+    - ``refresh`` rewrites the overview chunks the new CCDs touched, then the root, each file
+      atomically, so a chunk or the root is always a whole old or a whole new one;
+    - the tables (``metrics``, ``sources``) appear with ``publish``, which writes them and the
+      whole overview, then the root with ``complete: true``. After that nothing changes.
+    """
+
+    def __init__(self, repo: str | os.PathLike, obsid: str):
+        self.repo = Path(repo)
+        self.obsid = obsid
+        self.path = self.repo / f"{obsid}.zarr"
+        self.writer = _ReplacingWriter(str(self.path))
+
+    @classmethod
+    def create(cls, repo: str | os.PathLike, obsid: str, attributes: dict) -> PartialExposure:
+        """The empty exposure, made in a hidden folder and renamed into place (so its root is
+        never missing); refused when the exposure is already in the repository."""
+        part = cls(repo, obsid)
+        if part.path.exists():
+            raise ExposureError(f"{part.path}: exposure {obsid} is already in the repository")
+        part.repo.mkdir(parents=True, exist_ok=True)
+        tmp = part.repo / f".{obsid}.zarr.partial-{uuid.uuid4().hex[:8]}"
+        w = Writer(str(tmp))
+        w.group("detectors")
+        w.consolidate({"cvt": attributes}, w.nodes)
+        try:
+            os.rename(tmp, part.path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        part.writer.nodes.update(w.nodes)
+        return part
+
+    @classmethod
+    def resume(cls, repo: str | os.PathLike, obsid: str) -> PartialExposure:
+        """A partial exposure already in the repository, to be filled on (its exposure-wide
+        nodes known again; the detectors are the caller's to list)."""
+        part = cls(repo, obsid)
+        nodes = part.root_document()["consolidated_metadata"]["metadata"]
+        part.writer.nodes.update({k: v for k, v in nodes.items() if not k.startswith("detectors/")})
+        return part
+
+    def root_document(self) -> dict:
+        """The root ``zarr.json`` as it is now (attributes and consolidated metadata)."""
+        return json.loads((self.path / "zarr.json").read_text())
+
+    def update_overview(self, grid: OverviewGrid, box: tuple[int, int, int, int]) -> None:
+        """Rewrite the chunks of every overview level over ``box`` = (row0, row1, col0, col1)
+        in bins of the finest level; the first call writes the group and the arrays' metadata
+        (a chunk never written reads as NaN: no detector there yet)."""
+        w = self.writer
+        if "overview" not in w.nodes:
+            w.group("overview", _overview_attributes(grid))
+            for i in range(len(OVERVIEW_FACTORS)):
+                shape = (grid.ny // 2**i, grid.nx // 2**i)
+                chunks = tuple(min(LEVEL_CHUNK, s) for s in shape)
+                doc = array_metadata(shape, chunks, np.float32, None, ["y", "x"], None)
+                w._put(w._path(f"overview/{i}", ZARR_JSON), json.dumps(doc).encode())
+                w.nodes[f"overview/{i}"] = doc
+        enc = DEFAULT_CODEC.encoder(4)
+        r0, r1, c0, c1 = box
+        for i in range(len(OVERVIEW_FACTORS)):
+            ny, nx = w.nodes[f"overview/{i}"]["shape"]
+            ch, cw = w.nodes[f"overview/{i}"]["chunk_grid"]["configuration"]["chunk_shape"]
+            s = 2**i
+            for cy in range(r0 // s // ch, (min(-(-r1 // s), ny) - 1) // ch + 1):
+                for cx in range(c0 // s // cw, (min(-(-c1 // s), nx) - 1) // cw + 1):
+                    y0, x0 = cy * ch, cx * cw
+                    block = np.full((ch, cw), np.nan, dtype=np.float32)
+                    data = grid.block(i, y0, min(y0 + ch, ny), x0, min(x0 + cw, nx))
+                    block[: data.shape[0], : data.shape[1]] = data
+                    w._put(w._path(f"overview/{i}", f"c/{cy}/{cx}"), enc.encode(block))
+
+    def refresh(self, attributes: dict, nodes: dict[str, dict]) -> None:
+        """The root again: attributes (``complete: false``) and the metadata of every node
+        written so far (``nodes``: the detectors' and this writer's)."""
+        self.writer.consolidate({"cvt": attributes}, {**nodes, **self.writer.nodes})
+
+    def publish(self, attributes: dict, nodes: dict[str, dict]) -> Path:
+        """The last root (``attributes`` say ``complete: true``); the tables and the overview
+        must be written with ``self.writer`` before."""
+        self.refresh(attributes, nodes)
+        return self.path
 
 
 def exposure_attributes(**kw) -> dict:

@@ -1,0 +1,220 @@
+"""``core.watch`` on files dripped into a folder as a camera writes them.
+
+Three ComCam exposures of two CCDs each (``expect=2``): one file lands in two halves with a
+pause, one never finishes (truncated), the watcher is stopped half-way through the third exposure
+and a new one takes over; a junk file and a late copy land after. Every exposure must complete
+exactly once, the truncated CCD be recorded with its reason, nothing be lost or duplicated, and
+the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import catalog
+from core.exposure import open_exposure
+from core.ingest import ingest
+from core.simulate import simulate_exposure
+from core.watch import FAILURE_LOG, READY, WAITING, Watcher, check_raw_file
+
+DETECTORS = ("R22_S10", "R22_S11")
+PLAN = ((1, "science"), (2, "bias"), (3, "bias"))
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    out = []
+    for seq, kind in PLAN:
+        out.append(
+            simulate_exposure(
+                src / f"e{seq}",
+                camera="ComCam",
+                detectors=DETECTORS,
+                seed=7,
+                image_type=kind,
+                seq=seq,
+                faults=False,
+                workers=2,
+            )
+        )
+    return out
+
+
+def land(src: Path, rawdir: Path, name: str | None = None) -> Path:
+    """A whole file appearing at once (written aside, renamed in: how the DAQ writes)."""
+    dest = rawdir / (name or src.name)
+    tmp = rawdir / f".{dest.name}.part"
+    shutil.copyfile(src, tmp)
+    tmp.rename(dest)
+    return dest
+
+
+def land_in_halves(src: Path, rawdir: Path, pause: float) -> Path:
+    """A file written in place in two halves with a pause between (a slow writer)."""
+    data = src.read_bytes()
+    dest = rawdir / src.name
+    with open(dest, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(pause)
+        f.write(data[len(data) // 2 :])
+    return dest
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Running:
+    """A watcher on its own thread, with its events."""
+
+    def __init__(self, rawdir: Path, repo: Path):
+        self.events: list = []
+        self.stop = threading.Event()
+        self.watcher = Watcher(
+            rawdir, repo, expect=2, timeout=60.0, settle=4.0, poll=0.2, workers=1,
+            on_event=self.events.append,
+        )  # fmt: skip
+        self.thread = threading.Thread(target=self.watcher.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def seen(self, kind: str, obsid: str | None = None) -> list:
+        return [e for e in self.events if e.kind == kind and obsid in (None, e.obsid)]
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert self.watcher.errors == []
+
+
+def test_partial_files_wait_and_whole_ones_are_ready(simulated, tmp_path):
+    src = simulated[0].files[0]
+    data = src.read_bytes()
+    part = tmp_path / src.name
+    part.write_bytes(data[: len(data) // 3])
+    status, why = check_raw_file(part)
+    assert status == WAITING and "truncated" in why
+    part.write_bytes(data[: 2880 * 3 + 17])  # mid-header of a segment
+    assert check_raw_file(part)[0] == WAITING
+    part.write_bytes(data)
+    status, info = check_raw_file(part)
+    assert status == READY and info.detector == "R22_S10"
+    junk = tmp_path / "junk.fits"
+    junk.write_bytes(b"\x00" * 10_000)
+    assert check_raw_file(junk)[0] == "bad"
+
+
+def test_watch_drip_restart_and_equal_to_batch(simulated, tmp_path):
+    rawdir, repo, batch = tmp_path / "raw", tmp_path / "repo", tmp_path / "batch"
+    rawdir.mkdir()
+    e1, e2, e3 = simulated
+    first = Running(rawdir, repo)
+    try:
+        # exposure 1: one file at once, one written in two halves with a pause
+        land(e1.files[0], rawdir)
+        land_in_halves(e1.files[1], rawdir, pause=1.5)
+        wait_for(lambda: first.seen("complete", e1.obsid), what="exposure 1")
+        # exposure 2: one good file, one that stops half-way for good
+        land(e2.files[0], rawdir)
+        data = e2.files[1].read_bytes()
+        (rawdir / e2.files[1].name).write_bytes(data[: int(len(data) * 0.6)])
+        # exposure 3: the first CCD, then the watcher stops
+        land(e3.files[0], rawdir)
+        wait_for(lambda: first.seen("ccd", e3.obsid), what="exposure 3's first CCD")
+        wait_for(lambda: first.seen("complete", e2.obsid), what="exposure 2")
+    finally:
+        first.halt()
+
+    # what a reader sees of the exposure left filling
+    partial = open_exposure(repo / f"{e3.obsid}.zarr")
+    assert partial.complete is False
+    assert partial.detector_names == [DETECTORS[0]]
+    assert partial.detector(DETECTORS[0]).level(2).shape[0] > 0
+    assert np.isfinite(partial.overview_level(3)[:]).any()
+    assert partial.table("metrics") == {}
+
+    # the rest of exposure 3 lands while no watcher runs; then junk and a late copy
+    land(e3.files[1], rawdir)
+    (rawdir / "junk.fits").write_bytes(b"not a FITS file at all" * 500)
+    late = land(e1.files[0], rawdir, name="late_copy.fits")
+    second = Running(rawdir, repo)
+    try:
+        wait_for(lambda: second.seen("complete", e3.obsid), what="exposure 3 after the restart")
+        wait_for(lambda: second.seen("unidentified") and second.seen("late"), what="junk, late")
+    finally:
+        second.halt()
+
+    # every exposure complete exactly once, by one watcher or the other; nothing redone
+    done = [e.obsid for e in first.seen("complete") + second.seen("complete")]
+    assert sorted(done) == sorted([e1.obsid, e2.obsid, e3.obsid])
+    assert [e.obsid for e in second.seen("ccd")] == [e3.obsid]
+    assert [e.obsid for e in second.seen("resumed")] == [e3.obsid]
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    rows = dict(state.execute("SELECT obsid, status FROM exposures"))
+    assert rows == {e1.obsid: "complete", e2.obsid: "complete", e3.obsid: "complete"}
+    assert state.execute("SELECT count(*) FROM files WHERE result IS NOT NULL").fetchone()[0] == 0
+    statuses = dict(state.execute("SELECT path, status FROM files"))
+    assert statuses[str(late)] == "late"
+    assert statuses[str(rawdir / "junk.fits")] == "unidentified"
+    log = [json.loads(line) for line in (repo / FAILURE_LOG).read_text().splitlines()]
+    assert {Path(x["file"]).name for x in log} == {"junk.fits", "late_copy.fits"}
+    assert any("not a FITS file" in x["reason"] for x in log)
+
+    # the truncated CCD is recorded with its reason, the exposure went on without it
+    x2 = open_exposure(repo / f"{e2.obsid}.zarr")
+    assert x2.complete and x2.detector_names == [DETECTORS[0]]
+    (failure,) = x2.attrs["failures"]
+    assert failure["file"].endswith(e2.files[1].name)
+    assert "truncated" in failure["reason"] and "incomplete for 4 s" in failure["reason"]
+    assert DETECTORS[1] in x2.attrs["detectors_missing"]
+    for e in (e1, e3):
+        x = open_exposure(repo / f"{e.obsid}.zarr")
+        assert x.complete and x.detector_names == list(DETECTORS) and x.attrs["failures"] == []
+        assert x.attrs["watch"]["latency_s"] >= 0
+
+    # the catalog got each exposure once
+    assert sorted(r["obsid"] for r in catalog.query_exposures(repo)) == sorted(done)
+
+    # the same files through the batch ingest give the same stores
+    (rawdir / "late_copy.fits").unlink()  # the batch would count it as a duplicate CCD
+    ingest([rawdir], batch, workers=1)
+    for e in (e1, e2, e3):
+        w, b = open_exposure(repo / f"{e.obsid}.zarr"), open_exposure(batch / f"{e.obsid}.zarr")
+        assert w.detector_names == b.detector_names
+        for name in w.detector_names:
+            dw, db = w.detector(name), b.detector(name)
+            assert dw.n_levels == db.n_levels
+            for level in range(dw.n_levels):
+                np.testing.assert_array_equal(dw.level(level)[:], db.level(level)[:])
+            np.testing.assert_array_equal(dw.raw_segments(), db.raw_segments())
+        for i in range(len(w.overview_attrs["factors"])):
+            np.testing.assert_array_equal(w.overview_level(i)[:], b.overview_level(i)[:])
+        assert w.overview_attrs == b.overview_attrs
+        for table in ("metrics", "sources"):
+            tw, tb = w.table(table), b.table(table)
+            assert list(tw) == list(tb)
+            for col in tw:
+                np.testing.assert_array_equal(tw[col], tb[col])
+        assert len(w.table("metrics")["amp"]) == 16 * len(w.detector_names)
+        # expect=2 (a subset); the watcher says how long it waited for the truncated file
+        skip = ("written", "ingest", "watch", "detectors_expected", "failures")
+        assert [f["file"] for f in w.attrs["failures"]] == [f["file"] for f in b.attrs["failures"]]
+        assert {k: v for k, v in w.attrs.items() if k not in skip} == {
+            k: v for k, v in b.attrs.items() if k not in skip
+        }
+        assert w.attrs["detectors_expected"] == 2
+    assert len(open_exposure(repo / f"{e1.obsid}.zarr").table("sources")) > 0
