@@ -695,11 +695,12 @@ def count_peaks(
 
 @ngjit
 def split_object(
-    run_y, run_x0, run_x1, run_val, runs, xmin, ymin, w, h, min_prom, contrast, minarea, labels
+    run_y, run_x0, run_x1, run_val, voff, runs, xmin, ymin, w, h, min_prom, contrast, minarea,
+    labels,
 ):  # fmt: skip
     """Persistence split of one object (``_basins``): ``labels`` (its bounding-box grid) gets
-    each pixel's piece, 0, 1, ... (-1 outside the object); returns the number of pieces."""
-    voff = run_offsets(run_x0, run_x1)
+    each pixel's piece, 0, 1, ... (-1 outside the object); returns the number of pieces.
+    ``voff`` is ``run_offsets(run_x0, run_x1)``."""
     grid = np.full(w * h, -np.inf, dtype=np.float32)
     _fill_grid(run_y, run_x0, run_x1, run_val, voff, runs, xmin, ymin, w, grid)
     npix = 0
@@ -753,6 +754,33 @@ def piece_runs(run_y, run_x0, run_x1, runs, labels, xmin, ymin, w, npiece, oy, o
                     n += 1
                     start = -1
     return n
+
+
+@ngjit
+def split_objects(
+    run_y, run_x0, run_x1, run_val, order, offsets, cand, xmin, ymin, w, h, min_prom, contrast,
+    minarea, lab_off, labels, run_off, oy, ox0, ox1, opiece, npiece, nrun,
+):  # fmt: skip
+    """``split_object`` and ``piece_runs`` for each candidate object ``cand[c]``: its labels
+    at ``labels[lab_off[c]:]``, its pieces' runs at ``run_off[c]:`` (``nrun[c]`` of them), and
+    ``npiece[c]``; the runs are written only when there are two pieces or more."""
+    voff = run_offsets(run_x0, run_x1)
+    for c in range(cand.shape[0]):
+        o = cand[c]
+        runs = order[offsets[o] : offsets[o + 1]]
+        n = w[o] * h[o]
+        lab = labels[lab_off[c] : lab_off[c] + n]
+        npiece[c] = split_object(
+            run_y, run_x0, run_x1, run_val, voff, runs, xmin[o], ymin[o], w[o], h[o], min_prom,
+            contrast, minarea, lab,
+        )  # fmt: skip
+        nrun[c] = 0
+        if npiece[c] >= 2:
+            r0 = run_off[c]
+            nrun[c] = piece_runs(
+                run_y, run_x0, run_x1, runs, lab, xmin[o], ymin[o], w[o], npiece[c],
+                oy[r0:], ox0[r0:], ox1[r0:], opiece[r0:],
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

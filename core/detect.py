@@ -120,6 +120,8 @@ def _interp_axis(edges: np.ndarray):
 
 
 def _as_image(image: np.ndarray) -> np.ndarray:
+    """float32 and int32 as they are (C order); other real types as float32. Read-only arrays
+    are copied: numba would compile every kernel again for them."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise ValueError(f"image must be 2-d, got shape {image.shape}")
@@ -127,7 +129,8 @@ def _as_image(image: np.ndarray) -> np.ndarray:
         if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
             raise ValueError(f"image must be real numbers, got {image.dtype}")
         return np.ascontiguousarray(image, dtype=np.float32)
-    return np.ascontiguousarray(image)
+    image = np.ascontiguousarray(image)
+    return image if image.flags.writeable else image.copy()
 
 
 def _as_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, bool]:
@@ -136,7 +139,8 @@ def _as_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarra
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} differs from the image's {shape}")
-    return np.ascontiguousarray(mask, dtype=np.bool_), True
+    mask = np.ascontiguousarray(mask, dtype=np.bool_)
+    return (mask if mask.flags.writeable else mask.copy()), True
 
 
 def background(image: np.ndarray, *, mesh: int = 128, mask: np.ndarray | None = None) -> Background:
@@ -215,7 +219,7 @@ def _detect(image, mask_arr, use_mask, bkg, thresh, fwhm_guess, keep_snr):
 
 
 def _deblend(run_y, run_x0, run_x1, run_val, order, offsets, thresh, minarea):
-    """Split the objects with more than one significant peak (``k.split_object``).
+    """Split the objects with more than one significant peak (``k.split_objects``).
 
     Returns the objects' runs (those of object i at [offsets[i], offsets[i + 1])), per object
     its flags (BLENDED on the pieces of a split object) and family, and the families: boxes
@@ -236,55 +240,52 @@ def _deblend(run_y, run_x0, run_x1, run_val, order, offsets, thresh, minarea):
         thresh + DEBLEND_PROMINENCE, DEBLEND_MAX_BOX, npeaks,
     )  # fmt: skip
     npix = np.add.reduceat(run_x1[runs] - run_x0[runs], starts) if nobj else npeaks
-    split = np.zeros(nobj, dtype=bool)
-    pieces = []  # (y, x0, x1, piece, npiece, box, labels) per split object
-    for o in np.flatnonzero((npeaks >= 2) & (npix >= 2 * minarea)):
-        obj_runs = order[offsets[o] : offsets[o + 1]]
-        labels = np.empty(int(w[o] * h[o]), dtype=np.int64)
-        npiece = k.split_object(
-            run_y, run_x0, run_x1, run_val, obj_runs, xmin[o], ymin[o], w[o], h[o],
-            DEBLEND_PROMINENCE, DEBLEND_CONTRAST, int(minarea), labels,
-        )  # fmt: skip
-        if npiece < 2:
-            continue
-        split[o] = True
-        out = [np.empty(int(npix[o]), dtype=np.int64) for _ in range(4)]
-        m = k.piece_runs(
-            run_y, run_x0, run_x1, obj_runs, labels, xmin[o], ymin[o], w[o], npiece, *out
-        )
-        pieces.append((*(a[:m] for a in out), npiece, (xmin[o], ymin[o], w[o], h[o]), labels))
-    keep = ~split[obj_of_run]
-    new_runs = [runs[keep]]
-    counts = [np.diff(offsets)[~split]]
-    flags = [np.zeros(int((~split).sum()), dtype=np.int64)]
-    fam = [np.full(int((~split).sum()), -1, dtype=np.int64)]
-    boxes, labs = [], []
-    first = int((~split).sum())  # index of the next new object
-    n_lab = 0
-    n_run = run_y.size
-    extra_y, extra_x0, extra_x1 = [run_y], [run_x0], [run_x1]
-    for f, (py, px0, px1, piece, npiece, (bx, by, bw, bh), labels) in enumerate(pieces):
-        extra_y.append(py)
-        extra_x0.append(px0)
-        extra_x1.append(px1)
-        new_runs.append(n_run + np.arange(py.size))
-        n_run += py.size
-        counts.append(np.bincount(piece, minlength=npiece))
-        flags.append(np.full(npiece, BLENDED, dtype=np.int64))
-        fam.append(np.full(npiece, f, dtype=np.int64))
-        boxes.append((bx, by, bw, bh, n_lab))
-        labs.append(np.where(labels >= 0, labels + first, -1))
-        n_lab += labels.size
-        first += npiece
-    sel = np.concatenate(new_runs)
-    all_y, all_x0, all_x1 = (np.concatenate(a)[sel] for a in (extra_y, extra_x0, extra_x1))
-    new_offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
-    fam_box = np.array(boxes, dtype=np.int64).reshape(-1, 5)
-    fam_lab = np.concatenate(labs) if labs else np.zeros(0, dtype=np.int64)
-    return (
-        all_y, all_x0, all_x1, new_offsets, np.concatenate(flags), np.concatenate(fam),
-        fam_box, fam_lab,
+    cand = np.flatnonzero((npeaks >= 2) & (npix >= 2 * minarea))
+    area = w[cand] * h[cand]
+    lab_off = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
+    run_off = np.concatenate([[0], np.cumsum(npix[cand])]).astype(np.int64)
+    labels = np.empty(lab_off[-1], dtype=np.int64)
+    piece_runs = [np.empty(run_off[-1], dtype=np.int64) for _ in range(4)]
+    npiece = np.zeros(cand.size, dtype=np.int64)
+    nrun = np.zeros(cand.size, dtype=np.int64)
+    k.split_objects(
+        run_y, run_x0, run_x1, run_val, order, offsets, cand, xmin, ymin, w, h,
+        DEBLEND_PROMINENCE, DEBLEND_CONTRAST, int(minarea), lab_off, labels, run_off,
+        *piece_runs, npiece, nrun,
     )  # fmt: skip
+    done = npiece >= 2
+    split = np.zeros(nobj, dtype=bool)
+    split[cand[done]] = True
+    n_whole = int(nobj - done.sum())
+    # the whole objects first, in their order, then the pieces, family after family
+    whole_runs = runs[~split[obj_of_run]]
+    fam_c = np.flatnonzero(done)  # candidates that split, one family each
+    first = n_whole + np.cumsum(npiece[fam_c]) - npiece[fam_c]  # each family's first object
+    take = np.concatenate([np.arange(run_off[c], run_off[c] + nrun[c]) for c in fam_c] or [[]])
+    take = take.astype(np.int64)
+    piece_obj = np.repeat(first, nrun[fam_c]) + piece_runs[3][take]
+    all_y = np.concatenate([run_y[whole_runs], piece_runs[0][take]])
+    all_x0 = np.concatenate([run_x0[whole_runs], piece_runs[1][take]])
+    all_x1 = np.concatenate([run_x1[whole_runs], piece_runs[2][take]])
+    n_piece = int(npiece[fam_c].sum())
+    counts = np.concatenate(
+        [np.diff(offsets)[~split], np.bincount(piece_obj - n_whole, minlength=n_piece)]
+    )
+    new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    flags = np.concatenate([np.zeros(n_whole, np.int64), np.full(n_piece, BLENDED, np.int64)])
+    fam = np.concatenate(
+        [np.full(n_whole, -1, np.int64), np.repeat(np.arange(fam_c.size), npiece[fam_c])]
+    )
+    # family boxes and labels (the object index of each bounding-box pixel, -1 outside)
+    o = cand[fam_c]
+    fam_area = area[fam_c]
+    fam_lab_off = np.cumsum(fam_area) - fam_area
+    fam_box = np.stack([xmin[o], ymin[o], w[o], h[o], fam_lab_off], axis=1).astype(np.int64)
+    sel = np.concatenate([np.arange(lab_off[c], lab_off[c + 1]) for c in fam_c] or [[]])
+    lab = labels[sel.astype(np.int64)]
+    base = np.repeat(first, fam_area)
+    fam_lab = np.where(lab >= 0, lab + base, -1).astype(np.int64)
+    return all_y, all_x0, all_x1, new_offsets, flags, fam, fam_box.reshape(-1, 5), fam_lab
 
 
 def filtered_snr(
