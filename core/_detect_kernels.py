@@ -286,6 +286,25 @@ def interp_at(mesh, j0, j1, t, i0, i1, tx):
 
 
 @ngjit
+def mesh_lines(mesh, ix0, ix1, tx, out):
+    """Each mesh row interpolated along x to full resolution: out[j, x], float32."""
+    for j in range(mesh.shape[0]):
+        for x in range(out.shape[1]):
+            a = mesh[j, ix0[x]]
+            out[j, x] = a + tx[x] * (mesh[j, ix1[x]] - a)
+
+
+@ngjit
+def _blend_lines(lines, j0, j1, t, out):
+    """out = (1 - t) lines[j0] + t lines[j1]: one image row of the bilinear interpolation."""
+    t32 = np.float32(t)
+    a = lines[j0]
+    b = lines[j1]
+    for x in range(out.shape[0]):
+        out[x] = a[x] + t32 * (b[x] - a[x])
+
+
+@ngjit
 def interpolate(mesh, iy0, iy1, ty, ix0, ix1, tx, out):
     """The full-resolution bilinear interpolation of ``mesh`` (only for tests and display)."""
     rowv = np.empty(mesh.shape[1], dtype=np.float64)
@@ -398,15 +417,17 @@ def _link_rows(run_x0, run_x1, parent, prev0, prev1, cur0, cur1):
 
 @ngjit
 def detect_runs(
-    image, mask, use_mask, level, rms, iy0, iy1, ty, ix0, ix1, tx, g, normx, normy, thresh,
+    image, mask, use_mask, level_lines, noise_lines, iy0, iy1, ty, g, normy, thresh,
     snr_out, keep_snr, run_y, run_x0, run_x1, parent, run_val,
 ):  # fmt: skip
     """Background-subtract, filter with the separable kernel g x g, threshold and label.
 
     One pass over the rows with a ring of ``len(g)`` horizontally filtered rows: no full-frame
-    temporaries. A pixel is detected when the filtered value exceeds ``thresh`` times the filtered
-    noise ``rms * normx[x] * normy[y]`` (``normx``, ``normy``: root sum of the squared kernel taps
-    that fall inside the image, so the threshold stays in sigmas at the border) and it is good.
+    temporaries. The background of row y mixes rows iy0[y] and iy1[y] of ``level_lines`` (the
+    mesh rows interpolated along x, ``mesh_lines``) by ty[y]. A pixel is detected when the filtered
+    value exceeds ``thresh`` times the filtered noise, ``noise_lines`` (the rms times normx, the
+    root sum of the squared kernel taps inside the image along x) mixed the same way, times
+    normy[y], so that the threshold stays in sigmas at the border, and the pixel is good.
     Detected pixels are kept as runs (row, x0, x1 exclusive) joined 8-connected by union-find.
     With ``keep_snr`` the filtered signal-to-noise is written to ``snr_out`` (tests, display).
 
@@ -423,8 +444,7 @@ def detect_runs(
     filt = np.empty(nx, dtype=np.float32)
     tline = np.empty(nx, dtype=np.float32)
     bline = np.empty(nx, dtype=np.float32)
-    rowv = np.empty(level.shape[1], dtype=np.float64)
-    nxf = (normx * thresh).astype(np.float32)
+    th = np.float32(thresh)
     xs = np.empty(nx // 2 + 1, dtype=np.int64)
     xe = np.empty(nx // 2 + 1, dtype=np.int64)
     nval = 0
@@ -433,28 +453,25 @@ def detect_runs(
     prev1 = 0
     for yin in range(ny + r):
         if yin < ny:
-            interp_line(level, iy0[yin], iy1[yin], ty[yin], ix0, ix1, tx, rowv, bline)
+            _blend_lines(level_lines, iy0[yin], iy1[yin], ty[yin], bline)
             _subtract_row(image, mask, use_mask, yin, bline, pad, r)
             _hconv(pad, g32, ring[yin % K])
         yc = yin - r
         if yc < 0:
             continue
         _vconv(ring, g32, yc, ny, filt)
-        interp_line(rms, iy0[yc], iy1[yc], ty[yc], ix0, ix1, tx, rowv, tline)
+        _blend_lines(noise_lines, iy0[yc], iy1[yc], ty[yc], tline)
         fy = np.float32(normy[yc])
         for x in range(nx):
-            tline[x] *= nxf[x] * fy
-            if not tline[x] > 0:  # no noise at all (a dead amp): nothing can be detected there
-                tline[x] = np.inf
+            sig = tline[x] * fy
+            # no noise at all (a dead amp): nothing can be detected there
+            tline[x] = th * sig if sig > 0 else np.float32(np.inf)
         if keep_snr:
             for x in range(nx):
-                sig = tline[x] / thresh
                 if _bad(image, mask, use_mask, yc, x):
                     snr_out[yc, x] = np.nan
-                elif sig > 0:
-                    snr_out[yc, x] = filt[x] / sig
                 else:
-                    snr_out[yc, x] = np.inf if filt[x] > 0 else 0.0
+                    snr_out[yc, x] = th * filt[x] / tline[x]
         m = _row_runs(filt, tline, image, mask, use_mask, yc, xs, xe)
         if m == 0:
             prev0 = prev1 = n
@@ -1087,7 +1104,7 @@ def measure(
         else:
             st = windowed_moments(
                 image, mask, use_mask, xbar, ybar, sigma0 * sigma0, sigma0 * sigma0, 0.0,
-                b_at, gx, gy, max_iter, 1e-4, 30.0,
+                b_at, gx, gy, max_iter, 1e-3, 30.0,
                 fam_box[obj_fam[o]] if obj_fam[o] >= 0 else no_fam, fam_lab, o, win,
             )  # fmt: skip
         if st & 16:

@@ -204,13 +204,19 @@ def _detect(image, mask_arr, use_mask, bkg, thresh, fwhm_guess, keep_snr):
     g = gaussian_kernel(fwhm_guess)
     ny, nx = image.shape
     snr = np.empty((ny, nx) if keep_snr else (1, 1), dtype=np.float32)
-    normx, normy = _edge_norm(g, nx), _edge_norm(g, ny)
+    iy0, iy1, ty, ix0, ix1, tx = bkg.axes()
+    level_lines = np.empty((bkg.level.shape[0], nx), dtype=np.float32)
+    noise_lines = np.empty_like(level_lines)
+    k.mesh_lines(bkg.level, ix0, ix1, tx, level_lines)
+    k.mesh_lines(bkg.rms, ix0, ix1, tx, noise_lines)
+    noise_lines *= _edge_norm(g, nx).astype(np.float32)
+    normy = _edge_norm(g, ny)
     cap = max(4096, image.size // 64)
     while True:
         runs = [np.empty(cap, dtype=np.int64) for _ in range(4)]
         vals = np.empty(4 * cap, dtype=np.float32)
         n, nval = k.detect_runs(
-            image, mask_arr, use_mask, bkg.level, bkg.rms, *bkg.axes(), g, normx, normy,
+            image, mask_arr, use_mask, level_lines, noise_lines, iy0, iy1, ty, g, normy,
             float(thresh), snr, keep_snr, *runs, vals,
         )  # fmt: skip
         if n >= 0:
