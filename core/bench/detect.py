@@ -280,6 +280,10 @@ def benchmark(
     return ours, sep_d, sep_n, info
 
 
+def _per_mpix(count: int, pixels: int) -> float:
+    return count / (pixels / 1e6) if pixels else float("nan")
+
+
 def format_table(ours: MethodScore, *others: MethodScore, info: dict | None = None) -> str:
     """The plain-text report."""
     rows = [ours, *others]
@@ -299,13 +303,14 @@ def format_table(ours: MethodScore, *others: MethodScore, info: dict | None = No
     head += f" {'false/Mpix':>10} {'noise/Mpix':>10} {'pos rms':>7}"
     lines.append(head)
     for r in rows:
-        line = f"{r.name:{w}}  {r.mpix_per_s:7.1f} {ours.mpix_per_s / r.mpix_per_s:6.2f}"
+        ratio = ours.mpix_per_s / r.mpix_per_s if r.mpix_per_s > 0 else float("nan")
+        line = f"{r.name:{w}}  {r.mpix_per_s:7.1f} {ratio:6.2f}"
         for b in range(len(SNR_BINS) - 1):
             frac = r.found[b] / r.total[b] if r.total[b] else float("nan")
             line += f" {100 * frac:9.1f}%"
         pos = math.sqrt(np.mean(r.pos_err2) / 2) if r.pos_err2 else float("nan")
         line += (
-            f" {r.false / (r.pixels / 1e6):10.2f} {r.false_noise / (r.noise_pixels / 1e6):10.2f}"
+            f" {_per_mpix(r.false, r.pixels):10.2f} {_per_mpix(r.false_noise, r.noise_pixels):10.2f}"
             f" {pos:7.3f}"
         )
         lines.append(line)

@@ -16,6 +16,7 @@ from core.detect import (
     EDGE,
     SATURATED,
     SOURCE_DTYPE,
+    TRUNCATED,
     background,
     detect_sources,
     filtered_snr,
@@ -535,6 +536,7 @@ def test_edge_flags_at_the_border_and_next_to_nan():
     src = detect_sources(img, mask=mask)
     flags = [int(src["flags"][nearest(src, x, y)[0]]) for x, y in zip(xs, ys)]
     assert [bool(f & EDGE) for f in flags] == [True, True, False, True, True]
+    assert flags[0] & TRUNCATED  # its measurement window runs off the image too
     assert flags[2] == 0
 
 
@@ -637,3 +639,24 @@ def test_detection_on_level_1_comes_back_in_full_resolution_units(fwhm):
     assert np.sqrt(np.mean(err**2)) < 0.1
     assert np.abs(err.mean(axis=0)).max() < 0.03
     assert abs(psf_summary(binned)["fwhm"] / fwhm - 1) < 0.05
+
+
+def test_benchmark_scoring_without_sep(monkeypatch):
+    """The benchmark's own pieces (simulation with truth, matching, table) need no SEP, and a
+    missing SEP is a clear message, not an ImportError."""
+    import sys
+
+    from core.bench import detect as bench
+
+    frame = bench.simulate_frame(np.random.default_rng(21), (300, 320), n_stars=40)
+    assert frame.image.dtype == np.float32 and np.isnan(frame.image).any()
+    x, y, seconds, _ = bench.run_ours(frame.image, thresh=5.0, fwhm=4.0, mesh=128, saturation=None)
+    score = bench.MethodScore("ours")
+    score.add(x, y, frame.truth, seconds, frame.image.size)
+    bright = frame.truth["usable"] & (frame.truth["snr"] > 20)
+    _, found = bench.match(x, y, frame.truth["x"], frame.truth["y"])
+    assert found[bright].mean() > 0.9
+    assert "ours" in bench.format_table(score)
+    monkeypatch.setitem(sys.modules, "sep", None)
+    with pytest.raises(bench.MissingDependency, match="pip install sep"):
+        bench.import_sep()
