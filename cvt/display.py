@@ -28,6 +28,8 @@ N_COLOURS = 255  # index 0 is "no data"
 SAMPLE_SIZE = 4096  # values kept per amp for limits and equalisation
 TRANSFER_POINTS = 1024  # breakpoints of an equalised distribution
 BODY_LUT_SIZE = 8192
+STACKED_SIZE = 1024  # steps of the per-row tables of tiles with many amps
+MANY_AMPS = 8
 LOG_EXPONENT = 1000.0  # ds9's default for the log stretch
 ASINH_SOFTENING = 10.0  # asinh(10 t) / asinh(10): linear near 0, logarithmic above ~0.1
 
@@ -243,19 +245,7 @@ class Transfer:
             return self._index_equalised(data)
         t = np.subtract(data, np.float32(self.lo), dtype=np.float32)
         t *= np.float32(1.0 / (self.hi - self.lo))
-        np.clip(t, 0.0, 1.0, out=t)
-        if self.curve == "log":
-            t *= np.float32(LOG_EXPONENT)
-            t += np.float32(1.0)
-            np.log10(t, out=t)
-            t *= np.float32(1.0 / math.log10(LOG_EXPONENT + 1.0))
-        elif self.curve == "sqrt":
-            np.sqrt(t, out=t)
-        elif self.curve == "asinh":
-            t *= np.float32(ASINH_SOFTENING)
-            np.arcsinh(t, out=t)
-            t *= np.float32(1.0 / math.asinh(ASINH_SOFTENING))
-        return _to_index(t)
+        return _curve_index(t, self.curve)
 
     @cached_property
     def _body(self) -> tuple[float, float, np.ndarray]:
@@ -282,6 +272,23 @@ class Transfer:
             x = np.asarray(data)[outside]
             out[outside] = _to_index(np.interp(x, self.xs, self.ys).astype(np.float32))
         return out
+
+
+def _curve_index(t: np.ndarray, curve: str) -> np.ndarray:
+    """Normalised values (float32, modified in place) through a stretch curve, to indices."""
+    np.clip(t, 0.0, 1.0, out=t)
+    if curve == "log":
+        t *= np.float32(LOG_EXPONENT)
+        t += np.float32(1.0)
+        np.log10(t, out=t)
+        t *= np.float32(1.0 / math.log10(LOG_EXPONENT + 1.0))
+    elif curve == "sqrt":
+        np.sqrt(t, out=t)
+    elif curve == "asinh":
+        t *= np.float32(ASINH_SOFTENING)
+        np.arcsinh(t, out=t)
+        t *= np.float32(1.0 / math.asinh(ASINH_SOFTENING))
+    return _to_index(t)
 
 
 def _to_index(t: np.ndarray) -> np.ndarray:
@@ -355,6 +362,49 @@ class Transfers:
         t = self.rows[self.row(amp)]
         return t.lo, t.hi
 
+    @cached_property
+    def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every row as a lookup table of ``STACKED_SIZE`` steps over its limits, for tiles
+        holding many amps (the overview): (row of label + 1, lo, steps per unit, tables with a
+        last column for NaN). Built once per ``Transfers``."""
+        n = len(self.rows)
+        lo = np.array([t.lo for t in self.rows], dtype=np.float32)
+        hi = np.array([t.hi for t in self.rows], dtype=np.float32)
+        grid = np.linspace(0.0, 1.0, STACKED_SIZE)
+        tables = np.zeros((n, STACKED_SIZE + 1), dtype=np.uint8)
+        shared: dict[str, np.ndarray] = {}
+        for r, t in enumerate(self.rows if self.settings.stretch == "histeq" else ()):
+            if t.curve == "interp":
+                y = np.interp(t.lo + grid * (t.hi - t.lo), t.xs, t.ys)
+            else:
+                if t.curve not in shared:
+                    shared[t.curve] = stretch_curve(t.curve, grid)
+                y = shared[t.curve]
+            tables[r, :STACKED_SIZE] = _to_index(y.astype(np.float32))
+        steps = np.float32(STACKED_SIZE - 1) / np.maximum(hi - lo, np.float32(1e-30))
+        rows = np.r_[self.fallback, np.where(self.row_of_amp >= 0, self.row_of_amp, self.fallback)]
+        return rows.astype(np.int32), lo, steps.astype(np.float32), tables
+
+    def apply_labels(self, data: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Index image of a tile from a label image (amp index per pixel, -1 for none): one
+        vectorised pass, however many amps the tile holds; exact for the stretch curves, within
+        an index level of ``apply`` for equalisation (1024-step tables)."""
+        rows_of, lo, steps, tables = self.stacked
+        rows = rows_of[labels.astype(np.int32) + 1]
+        if self.settings.stretch != "histeq":
+            # one curve for every row (a dead amp's degenerate range gives the same 0 or 1)
+            t = np.subtract(data, lo[rows], dtype=np.float32)
+            t *= steps[rows] / np.float32(STACKED_SIZE - 1)
+            return _curve_index(t, self.settings.stretch)
+        q = np.subtract(data, lo[rows], dtype=np.float32)
+        q *= steps[rows]
+        q += np.float32(0.5)
+        np.clip(q, 0.0, STACKED_SIZE - 1, out=q)
+        np.nan_to_num(q, copy=False, nan=STACKED_SIZE)
+        flat = rows * (STACKED_SIZE + 1)
+        flat += q.astype(np.int32)
+        return tables.ravel()[flat]
+
 
 def build_transfers(
     generation: int,
@@ -389,7 +439,10 @@ def build_transfers(
     else:
         samples = [global_sample]
         row_of_amp = np.zeros(n_amps, dtype=np.int64)
-    rows = [transfer(s, settings, n) for s in samples]
+    unused = Transfer(0.0, 1.0, "linear")  # the row of an amp without statistics: never used
+    rows = [transfer(s, settings, n) if s.size else unused for s in samples]
+    if not samples[-1].size:  # the global row is the fallback: always a real transfer
+        rows[-1] = transfer(samples[-1], settings, n)
     return Transfers(generation, settings, rows, row_of_amp, len(samples) - 1)
 
 
@@ -404,7 +457,13 @@ def apply_rects(
     transfers: Transfers,
 ) -> np.ndarray:
     """Index image of a tile whose amps occupy ``rects`` ``(amp, r0, r1, c0, c1)`` (array
-    slices of the tile). Pixels outside every rect use the fallback (global) transfer."""
+    slices of the tile). Pixels outside every rect use the fallback (global) transfer. Tiles
+    of many amps (the overview) go through ``Transfers.apply_labels``."""
+    if len(rects) > MANY_AMPS:
+        labels = np.full(data.shape, -1, dtype=np.int32)
+        for amp, r0, r1, c0, c1 in rects:
+            labels[r0:r1, c0:c1] = amp
+        return transfers.apply_labels(data, labels)
     fb = transfers.fallback
     covered = sum((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in rects)
     if covered < data.size:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import time
@@ -116,6 +117,8 @@ def run_view(
     w.open(url)
     if screenshot is not None:
         t0 = time.monotonic()
+        # a scripted run must end: if even the event loop is stuck, print every thread's stack
+        faulthandler.dump_traceback_later(timeout + 30, exit=True)
 
         def watchdog() -> None:
             if not state["written"] and state["code"] == 0:
@@ -123,6 +126,7 @@ def run_view(
 
         QTimer.singleShot(int(timeout * 1000), watchdog)
     app.exec()
+    faulthandler.cancel_dump_traceback_later()
     w.shutdown()
     w.deleteLater()
     return state["code"]

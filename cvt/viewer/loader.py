@@ -1,7 +1,8 @@
 """Work off the GUI thread: a task runner and the tile loader.
 
-Threads: ``cvt-io-*`` (a ``ThreadPoolExecutor``: opening exposures, tile reads, pixel values,
-tables) and ``cvt-cpu-*`` (statistics, transfers, re-stretching, health evaluation). Results
+Threads (``ThreadPoolExecutor`` s): ``cvt-io-*`` (opening exposures, tile reads, pixel values,
+tables), ``cvt-cpu-*`` (statistics, transfers, health evaluation) and ``cvt-draw-*`` (the
+stretch and colour stages of tiles about to be drawn, never queued behind the others). Results
 come back to the GUI thread as Qt signals (queued connections: the receivers live in the GUI
 thread, the emitters run in the workers). Nothing here touches a widget.
 
@@ -42,6 +43,8 @@ class TaskRunner(QObject):
         self.pools = {
             "io": ThreadPoolExecutor(io_threads, thread_name_prefix="cvt-io"),
             "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu"),
+            # what is about to be drawn never waits behind statistics or a health check
+            "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw"),
         }
         self._closed = False
         self._outstanding = 0

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPainterPath, QPen
-from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject, QGraphicsPathItem
+from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPen
+from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject
 
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect
@@ -25,36 +25,67 @@ def _qrect(r: Rect) -> QRectF:
     return QRectF(r[0], r[1], r[2] - r[0], r[3] - r[1])
 
 
-class OutlineLayer(QGraphicsPathItem):
-    """Box outlines with a pen of constant screen width."""
+class OutlineLayer(QGraphicsObject):
+    """Box outlines with a pen of constant screen width; only the boxes in the exposed area
+    are drawn, and none when they are smaller on screen than ``min_screen_px``."""
 
     def __init__(self, colour: QColor, width: float = 1.0, min_screen_px: float = 0.0):
         super().__init__()
-        pen = QPen(colour)
-        pen.setCosmetic(True)
-        pen.setWidthF(width)
-        self.setPen(pen)
-        self.setBrush(Qt.BrushStyle.NoBrush)
-        self.min_screen_px = min_screen_px  # hide when the boxes are smaller than this
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
+        self.pen = QPen(colour)
+        self.pen.setCosmetic(True)
+        self.pen.setWidthF(width)
+        self.min_screen_px = min_screen_px
+        self._boxes = np.empty((0, 4))
         self._box_size = 0.0
+        self._bounds = QRectF()
 
     def set_boxes(self, boxes: Sequence[Rect]) -> None:
-        path = QPainterPath()
-        for b in boxes:
-            path.addRect(_qrect(b))
-        self.setPath(path)
-        self._box_size = float(np.median([b[2] - b[0] for b in boxes])) if len(boxes) else 0.0
+        self.prepareGeometryChange()
+        self._boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        b = self._boxes
+        self._box_size = float(np.median(b[:, 2] - b[:, 0])) if len(b) else 0.0
+        self._bounds = _union(b)
+        self.update()
+
+    def boundingRect(self) -> QRectF:
+        return self._bounds
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
-        if self.min_screen_px:
-            scale = painter.worldTransform().m11()
-            if abs(scale) * self._box_size < self.min_screen_px:
-                return
-        super().paint(painter, option, widget)
+        scale = abs(painter.worldTransform().m11())
+        if self.min_screen_px and scale * self._box_size < self.min_screen_px:
+            return
+        rects = _visible(self._boxes, option.exposedRect)
+        if rects:
+            painter.setPen(self.pen)
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.drawRects(rects)
+
+
+def _union(b: np.ndarray) -> QRectF:
+    if not len(b):
+        return QRectF()
+    x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+    m = 0.01 * max(x1 - x0, y1 - y0)
+    return QRectF(x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m)
+
+
+def _visible(b: np.ndarray, area: QRectF, limit: int = 5000) -> list[QRectF]:
+    """The boxes that intersect ``area``, as QRectF (at most ``limit``)."""
+    if not len(b):
+        return []
+    sel = np.flatnonzero(
+        (b[:, 0] < area.right())
+        & (b[:, 2] > area.left())
+        & (b[:, 1] < area.bottom())
+        & (b[:, 3] > area.top())
+    )[:limit]
+    return [QRectF(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in b[sel].tolist()]
 
 
 class LabelLayer(QGraphicsObject):
-    """Labels centred in boxes, drawn in screen pixels, only when the box is wide enough."""
+    """Labels centred in boxes, drawn in screen pixels, only when the box is wide enough on
+    screen (each label has its own threshold: rafts far out, CCDs closer, amps close up)."""
 
     def __init__(self, colour: QColor = QColor(255, 255, 255, 210), point_size: int = 9):
         super().__init__()
@@ -62,25 +93,28 @@ class LabelLayer(QGraphicsObject):
         self.colour = colour
         self.font = QFont()
         self.font.setPointSize(point_size)
-        self._labels: list[tuple[str, Rect, float, QColor | None]] = []
+        self._texts: list[str] = []
+        self._colours: list[QColor | None] = []
+        self._boxes = np.empty((0, 4))
+        self._min_px = np.empty(0)
         self._bounds = QRectF()
 
     def set_labels(self, labels: Sequence[tuple], min_screen_px: float = 60.0) -> None:
         """``(text, box)`` or ``(text, box, colour)``; shown when the box's width on screen is
         at least ``min_screen_px``."""
-        self.prepareGeometryChange()
-        self._labels = [
-            (lb[0], lb[1], min_screen_px, lb[2] if len(lb) > 2 else None) for lb in labels
-        ]
-        self._bounds = QRectF()
-        for _, b, _, _ in self._labels:
-            self._bounds = self._bounds.united(_qrect(b))
+        self._texts, self._colours = [], []
+        self._boxes, self._min_px = np.empty((0, 4)), np.empty(0)
+        self.add_labels(labels, min_screen_px)
 
     def add_labels(self, labels: Sequence[tuple], min_screen_px: float) -> None:
         self.prepareGeometryChange()
-        for lb in labels:
-            self._labels.append((lb[0], lb[1], min_screen_px, lb[2] if len(lb) > 2 else None))
-            self._bounds = self._bounds.united(_qrect(lb[1]))
+        self._texts += [lb[0] for lb in labels]
+        self._colours += [lb[2] if len(lb) > 2 else None for lb in labels]
+        boxes = np.array([lb[1] for lb in labels], dtype=np.float64).reshape(-1, 4)
+        self._boxes = np.vstack([self._boxes, boxes])
+        self._min_px = np.r_[self._min_px, np.full(len(boxes), float(min_screen_px))]
+        self._bounds = _union(self._boxes)
+        self.update()
 
     def boundingRect(self) -> QRectF:
         return self._bounds
@@ -88,26 +122,32 @@ class LabelLayer(QGraphicsObject):
     def paint(self, painter: QPainter, option, widget=None) -> None:
         t = painter.worldTransform()
         scale = abs(t.m11())
-        exposed = option.exposedRect
+        area = option.exposedRect
+        b = self._boxes
+        if not len(b):
+            return
+        sel = np.flatnonzero(
+            ((b[:, 2] - b[:, 0]) * scale >= self._min_px)
+            & (b[:, 0] < area.right())
+            & (b[:, 2] > area.left())
+            & (b[:, 1] < area.bottom())
+            & (b[:, 3] > area.top())
+        )[:2000]
+        if not sel.size:
+            return
         painter.save()
         painter.resetTransform()
         painter.setFont(self.font)
-        drawn = 0
-        for text, b, min_px, colour in self._labels:
-            if (b[2] - b[0]) * scale < min_px:
-                continue
-            if b[2] < exposed.left() or b[0] > exposed.right():
-                continue
-            if b[3] < exposed.top() or b[1] > exposed.bottom():
-                continue
-            p = t.map(QPointF((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
-            painter.setPen(colour or self.colour)
+        cx = 0.5 * (b[sel, 0] + b[sel, 2])
+        cy = 0.5 * (b[sel, 1] + b[sel, 3])
+        for i, x, y in zip(sel.tolist(), cx.tolist(), cy.tolist()):
+            p = t.map(QPointF(x, y))
+            painter.setPen(self._colours[i] or self.colour)
             painter.drawText(
-                QRectF(p.x() - 100, p.y() - 10, 200, 20), Qt.AlignmentFlag.AlignCenter, text
+                QRectF(p.x() - 100, p.y() - 10, 200, 20),
+                Qt.AlignmentFlag.AlignCenter,
+                self._texts[i],
             )
-            drawn += 1
-            if drawn > 2000:
-                break
         painter.restore()
 
 

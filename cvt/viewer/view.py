@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QImage, QKeyEvent, QPainter, QTransform
-from PySide6.QtWidgets import QGraphicsItem
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QPixmap, QTransform
+from PySide6.QtWidgets import QGraphicsPixmapItem
 
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect, Tile, TileKey
@@ -59,7 +59,7 @@ class FocalPlaneView(pg.GraphicsView):
 
     def pixel_size(self) -> float:
         """Focal-plane pixels per screen pixel."""
-        w = max(1.0, self.vb.width())
+        w = max(1.0, float(self.viewport().width()))  # the view box fills it; cheaper to ask
         r = self.vb.viewRect()
         return max(r.width() / w, 1e-9)
 
@@ -234,42 +234,37 @@ class FocalPlaneView(pg.GraphicsView):
             self.hide_tile(key)
 
 
-class TileItem(QGraphicsItem):
-    """One tile: a premultiplied-ARGB32 image (drawn as is: no conversion per frame, unlike an
-    indexed image) scaled onto its focal-plane box, rows upwards."""
+class TileItem(QGraphicsPixmapItem):
+    """One tile: its premultiplied-ARGB32 pixels as a pixmap (drawn as is, with no conversion
+    per frame and no Python in the paint: nothing waits for the interpreter lock while worker
+    threads compute), scaled onto its focal-plane box, rows upwards, nearest-pixel."""
 
     def __init__(self):
         super().__init__()
+        self.setTransformationMode(Qt.TransformationMode.FastTransformation)
+        self.setShapeMode(QGraphicsPixmapItem.ShapeMode.BoundingRectShape)
         self._pixels: np.ndarray | None = None
-        self._image: QImage | None = None
-        self._size = QRectF()
+        self._w = self._h = 1
 
     def set_image(self, argb: np.ndarray | None) -> None:
         if argb is None:
-            self._pixels = self._image = None
+            self._pixels = None
+            self.setPixmap(QPixmap())
             return
         argb = np.ascontiguousarray(argb, dtype=np.uint32)
         h, w = argb.shape
-        if self._size.width() != w or self._size.height() != h:
-            self.prepareGeometryChange()
-            self._size = QRectF(0, 0, w, h)
-        self._pixels = argb  # the QImage below borrows this buffer
-        self._image = QImage(argb.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
-        self.update()
+        image = QImage(argb.data, w, h, 4 * w, QImage.Format.Format_ARGB32_Premultiplied)
+        self.setPixmap(QPixmap.fromImage(image))  # a copy: the array may go
+        self._pixels = argb
+        self._w, self._h = w, h
 
     def place(self, rect: Rect) -> None:
-        w, h = self._size.width() or 1.0, self._size.height() or 1.0
         self.setTransform(
-            QTransform((rect[2] - rect[0]) / w, 0, 0, (rect[3] - rect[1]) / h, rect[0], rect[1])
+            QTransform(
+                (rect[2] - rect[0]) / self._w, 0, 0, (rect[3] - rect[1]) / self._h, rect[0], rect[1]
+            )
         )
 
     @property
     def pixels(self) -> np.ndarray | None:
         return self._pixels
-
-    def boundingRect(self) -> QRectF:
-        return self._size
-
-    def paint(self, painter: QPainter, option, widget=None) -> None:
-        if self._image is not None:
-            painter.drawImage(self._size, self._image)

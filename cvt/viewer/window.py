@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 
@@ -50,13 +51,14 @@ from cvt.display import (
     colourise,
     histogram,
     merge_samples,
+    sorted_sample,
 )
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
-from cvt.viewer.stats import LevelSamples, table_for
+from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
 from cvt.viewer.view import FocalPlaneView
 
@@ -74,6 +76,7 @@ Z_HIGHLIGHT = 99
 RESTRETCH_BATCH = 6
 SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this many data pixels
 HEAT_CMAP = "plasma"
+GIL_SWITCH_S = 0.0005
 HEALTH_OUTLINES = {"fail": (230, 40, 40, 255), "warning": (255, 170, 0, 255)}
 
 
@@ -106,6 +109,12 @@ def _stats(layout: Layout, level: int, tiles: dict):
     """Worker: per-amp samples of a whole overview level."""
     img = _assemble_level(layout, level, tiles)
     return level, layout.amp_samples(img, level, SAMPLE_SIZE)
+
+
+def _preview_table(generation: int, settings: DisplaySettings, data: np.ndarray, n_amps: int):
+    """Worker: a global stretch from one tile (the coarsest overview), for the first frame."""
+    samples = [sorted_sample(data, SAMPLE_SIZE)] + [EMPTY] * (n_amps - 1)
+    return _build_table(generation, settings.with_(scope="global"), samples, np.zeros(n_amps))
 
 
 def _build_table(generation: int, settings: DisplaySettings, samples, amp_det):
@@ -157,6 +166,9 @@ class ViewerWindow(QMainWindow):
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
+        # worker threads run Python too: hand the interpreter lock back to the GUI thread
+        # within a millisecond, not the default five, so that a frame never queues behind them
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
         self.setWindowTitle("CVT")
         self.settings = DisplaySettings()
         self.runner = TaskRunner(io_threads, cpu_threads, self)
@@ -196,6 +208,8 @@ class ViewerWindow(QMainWindow):
         self._opening = False
         self.metrics: dict = {}
         self.sources: dict = {}
+        self._source_xy = None
+        self._sources_shown = False
         self.health_rows: list[dict] = []
         self._pixel_busy = False
         self._pixel_next = None
@@ -393,6 +407,8 @@ class ViewerWindow(QMainWindow):
         self._wanted, self._wanted_set = [], set()
         self.view.clear_tiles()
         self.setWindowTitle(f"CVT — {exposure.obsid}")
+        self.metrics, self.sources, self._source_xy = {}, {}, None
+        self._update_sources()
         self._static_overlays()
         self.view.set_extent(layout.bounds)
         self.view.fit(animate=False)
@@ -420,6 +436,22 @@ class ViewerWindow(QMainWindow):
             self._stats_jobs += 1
             tiles = {k: t for k, t in self.resident.items() if k.level == level}
             self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
+        if level == ov.n_levels - 1 and ("ov", level) not in self.tables and tile.data is not None:
+            # the first frame: a global stretch of the coarsest overview while the per-amp
+            # statistics are worked out
+            self._table_counter += 1
+            self._table_jobs += 1
+            self.runner.submit(
+                "cpu",
+                _preview_table,
+                self._table_counter,
+                self.settings,
+                tile.data,
+                len(self.layout.amp_names),
+                on_done=lambda res, key=("ov", level), sv=self._settings_version: self._on_table(
+                    key, sv, res
+                ),
+            )
         self._sync_overview()
         self._schedule_settle_check()
 
@@ -447,20 +479,24 @@ class ViewerWindow(QMainWindow):
             if not self._tables_timer.isActive():
                 self._tables_timer.start()
 
+    def _needed_tables(self) -> set[tuple[str, int]]:
+        """The levels whose transfers the view uses now (the others are built when used)."""
+        needed = {("det", k.level) for k in self._wanted}
+        ov = self.layout.overview if self.layout is not None else None
+        if ov is not None:
+            needed.add(("ov", ov.n_levels - 1))
+            needed.add(("ov", ov.level_for(self.view.pixel_size())))
+        return needed
+
     def _flush_tables(self) -> None:
-        """Build the transfers of every level whose statistics or settings changed (workers),
-        the levels on screen first."""
+        """Build the transfers of the levels in use whose statistics or settings changed
+        (workers), detector levels first."""
         if self.layout is None or not self._dirty_tables:
             return
         self._tables_timer.stop()
-        px = self.view.pixel_size()
-        current = set()
-        if self.layout.overview is not None:
-            current.add(("ov", self.layout.overview.level_for(px)))
-        current |= {("det", k.level) for k in self._wanted}
-        order = sorted(self._dirty_tables, key=lambda k: (k not in current, k[0] == "ov", k[1]))
-        self._dirty_tables.clear()
-        for key in order:
+        todo = self._dirty_tables & self._needed_tables()
+        self._dirty_tables -= todo
+        for key in sorted(todo, key=lambda k: (k[0] == "ov", -k[1])):
             ls = self.level_samples.get(key)
             if ls is None or ls.empty:
                 continue
@@ -495,7 +531,7 @@ class ViewerWindow(QMainWindow):
         shown = self.view.shown()
         tiles = [self.view.shown_tile(k)[0] for k in shown]
         tiles += [self.cache.get(k) for k in self._wanted if k not in shown]
-        tiles += [t for k, t in self.resident.items() if k not in shown]
+        tiles += [self.resident[k] for k in self._ov_keep if k not in shown and k in self.resident]
         for t in tiles:
             if t is None or t.data is None:
                 continue
@@ -518,6 +554,8 @@ class ViewerWindow(QMainWindow):
         self._restretch_pending.clear()
         first = [t for t in tiles if t.key in shown or t.key in self._wanted_set]
         rest = tiles[len(first) :]
+        if not first and rest:  # the first frame: the coarsest overview on its own
+            first, rest = rest[:1], rest[1:]
         batches = [first[i : i + 2] for i in range(0, len(first), 2)]
         batches += [rest[i : i + RESTRETCH_BATCH] for i in range(0, len(rest), RESTRETCH_BATCH)]
         colour = (self._colour_version, self.lut)
@@ -528,7 +566,7 @@ class ViewerWindow(QMainWindow):
                 continue
             self._stretch_jobs += 1
             self.runner.submit(
-                "cpu", _redraw, jobs, self.layout, colour, on_done=self._on_restretched
+                "draw", _redraw, jobs, self.layout, colour, on_done=self._on_restretched
             )
 
     def _on_restretched(self, results) -> None:
@@ -583,7 +621,7 @@ class ViewerWindow(QMainWindow):
         shown = self.view.shown()
         tiles = [self.view.shown_tile(k)[0] for k in shown]
         tiles += [self.cache.get(k) for k in self._wanted if k not in shown]
-        tiles += [t for k, t in self.resident.items() if k not in shown]
+        tiles += [self.resident[k] for k in self._ov_keep if k not in shown and k in self.resident]
         for t in tiles:
             if t is not None and t.index is not None:
                 self._restretch_pending[t.key] = t
@@ -638,6 +676,8 @@ class ViewerWindow(QMainWindow):
                 self._display(tile)
         self._prune(rect, px)
         self._sync_overview()
+        if self._dirty_tables & self._needed_tables():
+            self._flush_tables()
         self._update_sources()
         self._update_progress()
         self._schedule_settle_check()
@@ -762,7 +802,7 @@ class ViewerWindow(QMainWindow):
             return False
         if self._stretch_jobs or self._stats_jobs or self._table_jobs:
             return False
-        if self._restretch_pending or self._dirty_tables:
+        if self._restretch_pending or (self._dirty_tables & self._needed_tables()):
             return False
         ov = self.layout.overview
         if ov is not None and len(self.levels_done) < ov.n_levels:
@@ -869,8 +909,8 @@ class ViewerWindow(QMainWindow):
         self.absent_layer.set_rects(boxes, fill=[(255, 90, 90, 90)] * len(boxes))
 
     def _on_tables(self, tables) -> None:
-        metrics, sources = tables
-        self.metrics, self.sources = metrics, sources
+        metrics, sources, positions = tables
+        self.metrics, self.sources, self._source_xy = metrics, sources, positions
         names = metric_names(metrics)
         self.metric_box.blockSignals(True)
         self.metric_box.clear()
@@ -881,7 +921,7 @@ class ViewerWindow(QMainWindow):
 
     def set_metrics(self, metrics: dict) -> None:
         """Use this metrics table (columns ``detector``, ``amp`` and numbers)."""
-        self._on_tables((metrics, self.sources))
+        self._on_tables((metrics, self.sources, self._source_xy))
 
     def set_metric(self, name: str | None) -> None:
         self.metric_box.setCurrentText(name or "(none)")
@@ -906,17 +946,26 @@ class ViewerWindow(QMainWindow):
         self.colour_bar.setVisible(True)
 
     def _update_sources(self) -> None:
-        xy = source_positions(self.sources)
-        if xy is None or not self.sources_check.isChecked() or self.layout is None:
-            self.sources_item.setData([], [])
-            return
-        if self.view.pixel_size() > SOURCES_MAX_PX:
-            self.sources_item.setData([], [])
+        """The detected sources in view, when zoomed in enough to tell them apart."""
+        xy = self._source_xy
+        show = (
+            xy is not None
+            and self.sources_check.isChecked()
+            and self.layout is not None
+            and self.view.pixel_size() <= SOURCES_MAX_PX
+        )
+        if not show:
+            if self._sources_shown:
+                self.sources_item.setData([], [])
+                self._sources_shown = False
             return
         x0, y0, x1, y1 = _grow(self.view.view_rect(), 0.05)
         x, y = xy
-        sel = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
-        self.sources_item.setData(x[sel][:20000], y[sel][:20000])
+        i0, i1 = np.searchsorted(x, [x0, x1])
+        ys = y[i0:i1]
+        sel = np.flatnonzero((ys >= y0) & (ys <= y1))[:20000] + i0
+        self.sources_item.setData(x[sel], y[sel])
+        self._sources_shown = True
 
     # ------------------------------------------------------------------ health
 
@@ -1109,13 +1158,23 @@ def _header_text(image) -> str:
 
 
 def _read_tables(exposure):
+    """Worker: the metrics and sources tables, and the sources' positions sorted by x."""
     out = []
     for name in ("metrics", "sources"):
         try:
             out.append(exposure.table(name))
-        except Exception:
+        except Exception:  # a table that cannot be read is no table: the rest still works
             out.append({})
-    return tuple(out)
+    return (*out, sorted_positions(out[1]))
+
+
+def sorted_positions(sources: dict):
+    """(x sorted, y) focal-plane positions of a sources table, or None."""
+    xy = source_positions(sources)
+    if xy is None:
+        return None
+    order = np.argsort(xy[0], kind="stable")
+    return xy[0][order], xy[1][order]
 
 
 # ---------------------------------------------------------------------- helpers (no Qt)

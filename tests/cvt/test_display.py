@@ -302,3 +302,24 @@ def test_argb_lut_and_colourise():
     index = np.array([[0, 1], [128, 255]], dtype=np.uint8)
     out = d.colourise(index, lut)
     assert out.dtype == np.uint32 and out.tolist() == [[lut[0], lut[1]], [lut[128], lut[255]]]
+
+
+@pytest.mark.parametrize("stretch", d.STRETCHES)
+def test_tiles_of_many_amps_match_the_per_amp_transfers(stretch):
+    rng = np.random.default_rng(7)
+    n = 300
+    samples = [d.sorted_sample(rng.normal(i % 7 * 10, 1 + i % 3, 800)) for i in range(n)]
+    samples[5] = np.zeros(50, np.float32)  # a dead amp
+    samples[9] = np.empty(0, np.float32)  # an amp without statistics: the global transfer
+    t = d.build_transfers(1, d.DisplaySettings(stretch=stretch), samples, np.arange(n) // 16)
+    data = rng.normal(30, 12, (160, 200)).astype(np.float32)
+    data[:3] = np.nan
+    rects = [(i, (i // 20) * 16, (i // 20) * 16 + 16, (i % 20) * 10, (i % 20) * 10 + 10)
+             for i in range(n // 3)]  # fmt: skip
+    assert len(rects) > d.MANY_AMPS
+    got = d.apply_rects(data, rects, t)
+    want = t.apply(data)  # outside every amp: the global transfer
+    for amp, r0, r1, c0, c1 in rects:
+        want[r0:r1, c0:c1] = t.apply(data[r0:r1, c0:c1], amp)
+    assert np.abs(got.astype(int) - want).max() <= 1  # float rounding; table steps for histeq
+    assert (got[:3] == 0).all()

@@ -406,7 +406,7 @@ def test_memory_stays_within_the_tile_budget(viewer, qtbot, sim_exposure):
     assert w.cache.evictions > 0
 
 
-def _cvt(*args, timeout=90):
+def _cvt(*args, timeout=120):
     env = {"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "cvt.cli", *args],
@@ -424,13 +424,14 @@ def test_screenshot_command_writes_a_png_of_the_size(sim_exposure, tmp_path, qap
     path, _ = sim_exposure
     out = tmp_path / "view.png"
     res = _cvt(
-        "view", str(path), "--screenshot", str(out), "--size", "320x240", "--goto", "R22_S11_C07"
-    )
+        "view", str(path), "--screenshot", str(out), "--size", "320x240", "--goto", "R22_S11_C07",
+        "--timeout", "50",
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr
     img = QImage(str(out))
     assert (img.width(), img.height()) == (320, 240)
-    res = _cvt("view", str(tmp_path / "missing.zarr"), "--screenshot", str(out))
-    assert res.returncode == 2 and "cannot open" in res.stderr
+    res = _cvt("view", str(tmp_path / "missing.zarr"), "--screenshot", str(out), "--timeout", "50")
+    assert res.returncode == 2 and "cannot open" in res.stderr, res.stderr
 
 
 def test_pyside_reference_leaks_cannot_kill_the_interpreter(qapp):
