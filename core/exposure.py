@@ -379,10 +379,10 @@ class PartialExposure:
         """The root ``zarr.json`` as it is now (attributes and consolidated metadata)."""
         return json.loads((self.path / "zarr.json").read_text())
 
-    def update_overview(self, grid: OverviewGrid, box: tuple[int, int, int, int]) -> None:
-        """Rewrite the chunks of every overview level over ``box`` = (row0, row1, col0, col1)
-        in bins of the finest level; the first call writes the group and the arrays' metadata
-        (a chunk never written reads as NaN: no detector there yet)."""
+    def update_overview(self, grid: OverviewGrid, boxes) -> None:
+        """Rewrite the chunks of every overview level under any of ``boxes`` (row0, row1, col0,
+        col1 in bins of the finest level), each once; the first call writes the group and the
+        arrays' metadata (a chunk never written reads as NaN: no detector there yet)."""
         w = self.writer
         if "overview" not in w.nodes:
             w.group("overview", _overview_attributes(grid))
@@ -393,18 +393,21 @@ class PartialExposure:
                 w._put(w._path(f"overview/{i}", ZARR_JSON), json.dumps(doc).encode())
                 w.nodes[f"overview/{i}"] = doc
         enc = DEFAULT_CODEC.encoder(4)
-        r0, r1, c0, c1 = box
         for i in range(len(OVERVIEW_FACTORS)):
             ny, nx = w.nodes[f"overview/{i}"]["shape"]
             ch, cw = w.nodes[f"overview/{i}"]["chunk_grid"]["configuration"]["chunk_shape"]
             s = 2**i
-            for cy in range(r0 // s // ch, (min(-(-r1 // s), ny) - 1) // ch + 1):
-                for cx in range(c0 // s // cw, (min(-(-c1 // s), nx) - 1) // cw + 1):
-                    y0, x0 = cy * ch, cx * cw
-                    block = np.full((ch, cw), np.nan, dtype=np.float32)
-                    data = grid.block(i, y0, min(y0 + ch, ny), x0, min(x0 + cw, nx))
-                    block[: data.shape[0], : data.shape[1]] = data
-                    w._put(w._path(f"overview/{i}", f"c/{cy}/{cx}"), enc.encode(block))
+            touched = set()
+            for r0, r1, c0, c1 in boxes:
+                for cy in range(r0 // s // ch, (min(-(-r1 // s), ny) - 1) // ch + 1):
+                    for cx in range(c0 // s // cw, (min(-(-c1 // s), nx) - 1) // cw + 1):
+                        touched.add((cy, cx))
+            for cy, cx in sorted(touched):
+                y0, x0 = cy * ch, cx * cw
+                block = np.full((ch, cw), np.nan, dtype=np.float32)
+                data = grid.block(i, y0, min(y0 + ch, ny), x0, min(x0 + cw, nx))
+                block[: data.shape[0], : data.shape[1]] = data
+                w._put(w._path(f"overview/{i}", f"c/{cy}/{cx}"), enc.encode(block))
 
     def refresh(self, attributes: dict, nodes: dict[str, dict]) -> None:
         """The root again: attributes (``complete: false``) and the metadata of every node

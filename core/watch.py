@@ -302,18 +302,14 @@ class _Filling:
     in_flight: int = 0
     first_landed: float = float("inf")
     last_landed: float = 0.0
-    box: list[int] | None = None  # overview bins to rewrite: row0, row1, col0, col1
+    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # overview to rewrite
     dirty: bool = True
     t_refresh: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
 
     def grow(self, by: int, bx: int, h: int, w: int) -> None:
-        b = [by, by + h, bx, bx + w]
-        if self.box is None:
-            self.box = b
-        else:
-            self.box = [min(self.box[0], b[0]), max(self.box[1], b[1]),
-                        min(self.box[2], b[2]), max(self.box[3], b[3])]  # fmt: skip
+        """The overview bins (finest level) of a new CCD, to be rewritten at the next refresh."""
+        self.boxes.append((by, by + h, bx, bx + w))
         self.dirty = True
 
 
@@ -426,7 +422,7 @@ class Watcher:
                 if status == "failed" and detector:
                     e.accounted.add(detector)
         grid = e.collector.grid
-        e.box = [0, grid.ny, 0, grid.nx]
+        e.boxes = [(0, grid.ny, 0, grid.nx)]
         e.dirty = True
         self.filling[obsid] = e
         self._emit("resumed", obsid=obsid, info={"ccds": len(e.collector.detectors)})
@@ -496,16 +492,16 @@ class Watcher:
         return e
 
     def _refresh(self, e: _Filling) -> None:
-        if e.box is not None:
-            e.part.update_overview(e.collector.grid, tuple(e.box))
-            e.box = None
+        if e.boxes:
+            e.part.update_overview(e.collector.grid, e.boxes)
+            e.boxes = []
         e.part.refresh(self._attributes(e, False), e.collector.nodes)
         e.dirty = False
         e.t_refresh = time.time()
 
     def _finish(self, e: _Filling, timed_out: bool) -> ExposureDone:
         c = e.collector
-        e.box = None
+        e.boxes = []
         c.write_products(e.part.writer)  # the whole overview and the tables
         attrs = self._attributes(e, True)
         attrs["watch"] = {
