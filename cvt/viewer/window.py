@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.exposure import open_exposure
+from core.exposure import list_exposures, open_exposure
 from cvt.display import (
     COLORMAPS,
     LIMIT_MODES,
@@ -247,6 +247,19 @@ class ViewerWindow(QMainWindow):
         act_open.setShortcut(QKeySequence.StandardKey.Open)
         act_open.triggered.connect(self._open_dialog)
         tb.addAction(act_open)
+        for text, step, key in (
+            ("◀", -1, "Ctrl+Left"),
+            ("▶", 1, "Ctrl+Right"),
+            ("latest", 0, "Ctrl+L"),
+        ):
+            act = QAction(text, self)
+            act.setToolTip(
+                {-1: "previous exposure", 1: "next exposure", 0: "latest exposure"}[step]
+                + " in this repository"
+            )
+            act.setShortcut(QKeySequence(key))
+            act.triggered.connect(lambda _=False, step=step: self.navigate(step))
+            tb.addAction(act)
         act_fit = QAction("Fit", self)
         act_fit.triggered.connect(lambda: self.view.fit(animate=True))
         tb.addAction(act_fit)
@@ -423,6 +436,36 @@ class ViewerWindow(QMainWindow):
         )
         self.opened.emit(exposure)
         self._refresh()
+
+    def navigate(self, step: int) -> None:
+        """Open the previous (-1), next (+1) or latest (0) exposure of the same repository
+        (``core.exposure.list_exposures``, on a worker)."""
+        if not self.url:
+            return
+        repo, name = split_repository(self.url)
+        self.runner.submit(
+            "io",
+            list_exposures,
+            repo,
+            on_done=lambda names: self._navigate_to(repo, name, names, step),
+            on_error=lambda e: self.statusBar().showMessage(f"cannot list {repo}: {e}", 5000),
+        )
+
+    def _navigate_to(self, repo: str, name: str, names: list[str], step: int) -> None:
+        if not names:
+            return
+        if step == 0:
+            target = names[-1]
+        elif name in names:
+            i = names.index(name) + step
+            if not 0 <= i < len(names):
+                self.statusBar().showMessage("no more exposures that way", 3000)
+                return
+            target = names[i]
+        else:
+            target = names[-1]
+        if target != name:
+            self.open(join_repository(repo, target))
 
     # ------------------------------------------------------------------ stats and stretch
 
@@ -1178,6 +1221,19 @@ def sorted_positions(sources: dict):
 
 
 # ---------------------------------------------------------------------- helpers (no Qt)
+
+
+def split_repository(url: str) -> tuple[str, str]:
+    """(repository, exposure name without ``.zarr``) of an exposure path or URL."""
+    base = url.rstrip("/")
+    repo, _, leaf = base.rpartition("/")
+    if leaf.endswith(".zarr"):
+        leaf = leaf[: -len(".zarr")]
+    return repo or ".", leaf
+
+
+def join_repository(repo: str, name: str) -> str:
+    return f"{repo.rstrip('/')}/{name}.zarr"
 
 
 def metric_names(metrics: dict) -> list[str]:

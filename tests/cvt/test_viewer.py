@@ -455,3 +455,32 @@ def test_pyside_reference_leaks_cannot_kill_the_interpreter(qapp):
             qapp.processEvents()
     if needed:
         assert min(sys.getrefcount(x) for x in (None, True, False)) > qtfix.RESERVE // 2
+
+
+def test_previous_next_latest_and_the_header_dock(viewer, qtbot, sim_exposure, tmp_path):
+    path, _ = sim_exposure
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    first, second = repo / "MC_O_20261125_000001.zarr", repo / "MC_O_20261125_000002.zarr"
+    shutil.copytree(path, first)
+    shutil.copytree(path, second)
+    w = viewer()
+    open_and_settle(qtbot, w, first)
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(+1)
+    assert w.url.endswith("000002.zarr")
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(-1)
+    assert w.url.endswith("000001.zarr")
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(0)
+    assert w.url.endswith("000002.zarr")
+    wait_settled(qtbot, w)
+    # the FITS header of the detector under the cursor, read on a worker
+    w.header_dock.show()
+    det = w.layout.by_name["R22_S12"]
+    x0, y0, x1, y1 = det.bounds
+    w.view.hovered.emit((x0 + x1) / 2, (y0 + y1) / 3)
+    qtbot.waitUntil(lambda: w.header_panel.shown_for == "R22_S12", timeout=10000)
+    text = w.header_panel.toPlainText()
+    assert "R22" in text and "S12" in text and "Segment" in text
