@@ -29,7 +29,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from core import __version__
+from core import __version__, lazyzarr
 from core.zarrio import DEFAULT_CODEC, ZARR_JSON, Writer, array_metadata
 
 FORMAT_VERSION = 1
@@ -584,9 +584,7 @@ class Exposure:
     def __init__(self, url: str | os.PathLike, storage_options: dict | None = None):
         self.url = os.fspath(url)
         try:
-            self.root = zarr.open_group(
-                _store_for(self.url, storage_options), mode="r", use_consolidated=True
-            )
+            self.root = lazyzarr.open_group(_store_for(self.url, storage_options))
             attrs = self.root.attrs.asdict()
         except Exception as exc:  # zarr raises several types for a missing or broken store
             raise ExposureError(f"{self.url}: not a readable exposure store ({exc})") from exc

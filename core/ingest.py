@@ -53,6 +53,7 @@ class CcdResult:
     raw_bytes: int = 0
     metrics: dict | None = None  # per-amp metric columns (core.metrics)
     sources: dict | None = None  # detected sources (science images)
+    warnings: list[str] = field(default_factory=list)  # the CCD is in, but something failed
 
 
 @dataclass
@@ -159,10 +160,16 @@ def _ingest_ccd(
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
         product = process_ccd(raw, camera, config)
-        result.metrics, result.sources, t_metrics = metrics.measure_ccd(
-            raw, product, camera.detector(raw.info.detector), config
-        )
-        product.timings.update(t_metrics)
+        try:  # health metrics and sources are worth having, the pixels more so
+            result.metrics, result.sources, t_metrics = metrics.measure_ccd(
+                raw, product, camera.detector(raw.info.detector), config
+            )
+            product.timings.update(t_metrics)
+        except Exception as exc:
+            log.exception("%s: metrics/sources failed", path)
+            result.warnings.append(
+                f"{path}: metrics and sources failed: {type(exc).__name__}: {exc}"
+            )
         t2 = time.perf_counter()
         writer = Writer(tmp_root)
         write_detector(writer, product)
@@ -178,8 +185,11 @@ def _ingest_ccd(
             "write": t3 - t2,
             "overview": time.perf_counter() - t3,
         }
-    except (RawFileError, KeyError, ValueError, OSError) as exc:
-        result.error = str(exc) if isinstance(exc, RawFileError) else f"{path}: {exc}"
+    except RawFileError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # whatever one CCD does, the exposure goes on without it
+        log.exception("%s: ingest failed", path)
+        result.error = f"{path}: {type(exc).__name__}: {exc}"
     return result
 
 
@@ -264,10 +274,14 @@ class CcdCollector:
             self.failures.append({"file": res.path, "reason": res.error})
             return
         self.detectors.append(res.detector)
+        self.failures.extend(
+            {"file": res.path, "reason": w, "detector_kept": True} for w in res.warnings
+        )
         self.nodes.update(res.nodes)
         self.grid.add(*res.overview)
-        self.tables["metrics"].append((res.detector, res.metrics))
-        self.tables["sources"].append((res.detector, res.sources))
+        for name, table in (("metrics", res.metrics), ("sources", res.sources)):
+            if table is not None:
+                self.tables[name].append((res.detector, table))
         self.raw_bytes += res.raw_bytes
         for key, value in res.timings.items():
             self.timings[key] = self.timings.get(key, 0.0) + value

@@ -25,8 +25,6 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "serve": "serve",
     "view": "view",
-    "bench-view": "bench_view",
-    "bench-detect": "bench_detect",
 }
 
 HELP: dict[str, str] = {
@@ -41,8 +39,6 @@ HELP: dict[str, str] = {
     "bench": "benchmarks: ingest, detect, view (not tests; they take minutes)",
     "serve": "serve a repository read-only over HTTP (Range requests, listing, new-exposure events)",
     "view": "the focal-plane viewer (or, with --screenshot, a picture of it)",
-    "bench-view": "script a pan/zoom session offscreen: first frame, GUI stalls, tiles/s, RSS",
-    "bench-detect": "source detection against SEP on simulated frames: speed, completeness, false",
 }
 
 

@@ -88,3 +88,44 @@ def test_stars_land_where_the_truth_puts_them(simulated):
         if checked == 5:
             break
     assert checked == 5
+
+
+def test_a_failing_step_never_stops_the_exposure(tmp_path, monkeypatch):
+    """An unexpected error in one CCD's metrics keeps its pixels (and says so); an unexpected
+    error in another CCD's processing drops only that CCD."""
+    from core import ingest as ingest_mod
+    from core import metrics
+
+    sim = simulate_exposure(
+        tmp_path / "raw",
+        detectors=["R22_S11", "R22_S12", "R22_S21"],
+        seed=3,
+        faults=False,
+        workers=1,
+    )
+    real_measure, real_process = metrics.measure_ccd, ingest_mod.process_ccd
+
+    def measure(raw, product, detector, config):
+        if detector.name == "R22_S11":
+            raise ZeroDivisionError("injected")
+        return real_measure(raw, product, detector, config)
+
+    def process(raw, camera, config):
+        if raw.info.detector == "R22_S21":
+            raise RuntimeError("injected")
+        return real_process(raw, camera, config)
+
+    monkeypatch.setattr(metrics, "measure_ccd", measure)
+    monkeypatch.setattr(ingest_mod, "process_ccd", process)
+    (report,), _ = ingest([sim.outdir], tmp_path / "repo", workers=1)
+    assert report.ok
+    assert sorted(report.detectors) == ["R22_S11", "R22_S12"]
+    reasons = {
+        f["file"].rsplit("_", 2)[-2] + "_" + f["file"].rsplit("_", 1)[-1][:3]: f["reason"]
+        for f in report.failures
+    }
+    assert "RuntimeError: injected" in reasons["R22_S21"]
+    assert "metrics and sources failed: ZeroDivisionError" in reasons["R22_S11"]
+    exp = open_exposure(report.path)
+    assert set(exp.table("metrics")["detector"]) == {"R22_S12"}
+    assert exp.detector("R22_S11").level(0).shape == (4004, 4096)
