@@ -162,6 +162,7 @@ class WatchState:
             folder / "state.sqlite", isolation_level=None, timeout=30.0, check_same_thread=False
         )  # made by the caller, used by the watching thread: one at a time
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a power cut may cost a CCD, done again
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS files (
@@ -365,7 +366,11 @@ class Watcher:
         if executor is None:
             from core.distributed import make_executor
 
-            self.executor = make_executor(scheduler, workers, n_tasks=2)
+            try:
+                self.executor = make_executor(scheduler, workers, n_tasks=2)
+            except BaseException:
+                self.state.close()
+                raise
         self._resume()
 
     # -- events and records ----------------------------------------------------------------

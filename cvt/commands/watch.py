@@ -104,6 +104,8 @@ def run(args) -> int:
     except SchedulerError as exc:
         print(f"cvt watch: {exc}", file=sys.stderr)
         return 2
+    if not watcher.rawdir.is_dir():
+        print(f"cvt watch: {watcher.rawdir} is not a folder (yet): waiting", file=sys.stderr)
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
