@@ -75,7 +75,7 @@ def run_view(
         print(f"cvt view: {message}", file=sys.stderr)
         state["code"] = code
         w.close()
-        app.quit()
+        QTimer.singleShot(0, app.quit)  # also right if the event loop has not started yet
 
     def on_opened(exposure) -> None:
         if goto and not w.goto(goto, animate=False):
@@ -107,14 +107,14 @@ def run_view(
         state["written"] = True
         print(f"wrote {screenshot} ({image.width()}x{image.height()})")
         w.close()
-        app.quit()
+        QTimer.singleShot(0, app.quit)
 
     w.opened.connect(on_opened)
     w.open_failed.connect(lambda msg: fail(f"cannot open {url}: {msg}", 2))
     w.tables_loaded.connect(on_tables)
     w.settled.connect(maybe_write)
     w.show()
-    w.open(url)
+    QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
     if screenshot is not None:
         t0 = time.monotonic()
         # a scripted run must end: if even the event loop is stuck, print every thread's stack

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, Qt, Signal
 
 from cvt.display import apply_rects, colourise
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
@@ -49,7 +49,9 @@ class TaskRunner(QObject):
         self._closed = False
         self._outstanding = 0
         self._lock = threading.Lock()
-        self._finished.connect(self._deliver)
+        # queued even when emitted on the GUI thread (a future already done when its callback
+        # is added calls it at once): a result is never delivered inside ``submit``
+        self._finished.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
 
     @property
     def outstanding(self) -> int:

@@ -484,3 +484,22 @@ def test_previous_next_latest_and_the_header_dock(viewer, qtbot, sim_exposure, t
     qtbot.waitUntil(lambda: w.header_panel.shown_for == "R22_S12", timeout=10000)
     text = w.header_panel.toPlainText()
     assert "R22" in text and "S12" in text and "Segment" in text
+
+
+def test_runner_delivers_on_the_event_loop_even_when_done_at_once(qapp, qtbot):
+    """A future already complete when its callback is added calls it at once, on the GUI
+    thread: the result must still come through the event loop, never inside ``submit`` (a
+    failed open delivered before ``app.exec()`` once hung ``cvt view --screenshot``)."""
+    from concurrent.futures import Future
+
+    from cvt.viewer.loader import TaskRunner
+
+    runner = TaskRunner(1, 1)
+    done = Future()
+    done.set_result(7)
+    runner.pools["io"].submit = lambda fn, *a: done
+    got = []
+    runner.submit("io", lambda: 7, on_done=got.append)
+    assert got == []
+    qtbot.waitUntil(lambda: got == [7], timeout=2000)
+    runner.shutdown()
