@@ -24,13 +24,14 @@ echo "== core tests without Qt (.venv-noqt)"
 "$PY" -m venv .venv-noqt
 core_deps=$(.venv/bin/python - <<'PY'
 import tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-extra = ["pytest", "pytest-timeout"]
-print(" ".join(d for d in deps + extra if not d.lower().startswith(("pyside", "pyqtgraph"))))
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = project["dependencies"] + project["optional-dependencies"]["test"]
+qt = ("pyside", "pyqtgraph", "pytest-qt", "shiboken")
+print(" ".join(f"'{d}'" for d in deps if not d.lower().startswith(qt)))
 PY
 )
 # shellcheck disable=SC2086
-.venv-noqt/bin/pip install -q $core_deps
+eval .venv-noqt/bin/pip install -q "$core_deps"
 .venv-noqt/bin/pip install -q --no-deps -e .
 .venv-noqt/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('PySide6', 'pyqtgraph')))" \
   || { echo "the no-Qt environment has Qt in it"; exit 1; }
