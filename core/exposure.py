@@ -203,16 +203,6 @@ class OverviewGrid:
             out.append(_bin_means(sums, counts))
         return out
 
-    def block(self, level: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """Rows ``r0:r1`` and columns ``c0:c1`` of ``levels()[level]``, computed from those bins
-        only (the same float operations, so the same values to the bit)."""
-        s = 2**level
-        sums = self.sums[r0 * s : r1 * s, c0 * s : c1 * s]
-        counts = self.counts[r0 * s : r1 * s, c0 * s : c1 * s]
-        for _ in range(level):
-            sums, counts = _coarsen(sums), _coarsen(counts)
-        return _bin_means(sums, counts)
-
 
 def _coarsen(a: np.ndarray) -> np.ndarray:
     """2 x 2 sums, always added in the same order (a block gives what the whole grid gives)."""
@@ -345,6 +335,7 @@ class PartialExposure:
         self.obsid = obsid
         self.path = self.repo / f"{obsid}.zarr"
         self.writer = _ReplacingWriter(str(self.path))
+        self._coarse: list[tuple[np.ndarray, np.ndarray]] | None = None  # overview sums, counts
 
     @classmethod
     def create(cls, repo: str | os.PathLike, obsid: str, attributes: dict) -> PartialExposure:
@@ -392,8 +383,9 @@ class PartialExposure:
                 doc = array_metadata(shape, chunks, np.float32, None, ["y", "x"], None)
                 w._put(w._path(f"overview/{i}", ZARR_JSON), json.dumps(doc).encode())
                 w.nodes[f"overview/{i}"] = doc
+        levels = self._coarse_levels(grid, boxes)
         enc = DEFAULT_CODEC.encoder(4)
-        for i in range(len(OVERVIEW_FACTORS)):
+        for i, (sums, counts) in enumerate(levels):
             ny, nx = w.nodes[f"overview/{i}"]["shape"]
             ch, cw = w.nodes[f"overview/{i}"]["chunk_grid"]["configuration"]["chunk_shape"]
             s = 2**i
@@ -405,9 +397,30 @@ class PartialExposure:
             for cy, cx in sorted(touched):
                 y0, x0 = cy * ch, cx * cw
                 block = np.full((ch, cw), np.nan, dtype=np.float32)
-                data = grid.block(i, y0, min(y0 + ch, ny), x0, min(x0 + cw, nx))
+                y1, x1 = min(y0 + ch, ny), min(x0 + cw, nx)
+                data = _bin_means(sums[y0:y1, x0:x1], counts[y0:y1, x0:x1])
                 block[: data.shape[0], : data.shape[1]] = data
                 w._put(w._path(f"overview/{i}", f"c/{cy}/{cx}"), enc.encode(block))
+
+    def _coarse_levels(self, grid: OverviewGrid, boxes) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Sums and counts of every overview level, kept up to date under ``boxes`` only (the
+        same 2 x 2 sums as ``OverviewGrid.levels``, so the same means to the bit)."""
+        if self._coarse is None:
+            self._coarse = [(grid.sums, grid.counts)]
+            for _ in OVERVIEW_FACTORS[1:]:
+                s, c = self._coarse[-1]
+                self._coarse.append((_coarsen(s), _coarsen(c)))
+            return self._coarse
+        for r0, r1, c0, c1 in boxes:
+            for i in range(1, len(self._coarse)):
+                r0, r1, c0, c1 = r0 // 2, -(-r1 // 2), c0 // 2, -(-c1 // 2)
+                fine_s, fine_c = self._coarse[i - 1]
+                sums, counts = self._coarse[i]
+                sl = (slice(r0, r1), slice(c0, c1))
+                fine = (slice(2 * r0, 2 * r1), slice(2 * c0, 2 * c1))
+                sums[sl] = _coarsen(fine_s[fine])
+                counts[sl] = _coarsen(fine_c[fine])
+        return self._coarse
 
     def refresh(self, attributes: dict, nodes: dict[str, dict]) -> None:
         """The root again: attributes (``complete: false``) and the metadata of every node

@@ -286,10 +286,12 @@ class CcdCollector:
         for key, value in res.timings.items():
             self.timings[key] = self.timings.get(key, 0.0) + value
 
-    def write_products(self, writer: Writer) -> None:
-        """The exposure-wide nodes: the overview and the tables (in the camera's order)."""
+    def write_products(self, writer: Writer, overview: bool = True) -> None:
+        """The exposure-wide nodes: the overview (unless the caller kept it up to date) and the
+        tables (in the camera's order)."""
         t0 = time.perf_counter()
-        write_overview(writer, self.grid)
+        if overview:
+            write_overview(writer, self.grid)
         for name, parts in self.tables.items():
             parts.sort(key=lambda p: self.camera.index(p[0]))
             columns = metrics.concat_tables([p[1] for p in parts])

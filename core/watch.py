@@ -306,6 +306,7 @@ class _Filling:
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # overview to rewrite
     dirty: bool = True
     t_refresh: float = 0.0
+    refresh_cost: float = 0.0  # seconds the last refresh took
     t_start: float = field(default_factory=time.perf_counter)
 
     def grow(self, by: int, bx: int, h: int, w: int) -> None:
@@ -497,17 +498,20 @@ class Watcher:
         return e
 
     def _refresh(self, e: _Filling) -> None:
+        t0 = time.perf_counter()
         if e.boxes:
             e.part.update_overview(e.collector.grid, e.boxes)
             e.boxes = []
         e.part.refresh(self._attributes(e, False), e.collector.nodes)
         e.dirty = False
         e.t_refresh = time.time()
+        e.refresh_cost = time.perf_counter() - t0
 
     def _finish(self, e: _Filling, timed_out: bool) -> ExposureDone:
         c = e.collector
+        e.part.update_overview(c.grid, e.boxes)  # the overview is up to date chunk by chunk
         e.boxes = []
-        c.write_products(e.part.writer)  # the whole overview and the tables
+        c.write_products(e.part.writer, overview=False)  # the tables
         attrs = self._attributes(e, True)
         attrs["watch"] = {
             "first_landed": _iso(e.first_landed),
@@ -712,7 +716,8 @@ class Watcher:
             )
             if whole or quiet:
                 self._finish(e, timed_out=not whole)
-            elif e.dirty and now - e.t_refresh >= self.poll:
+            elif e.dirty and now - e.t_refresh >= max(self.poll, 10 * e.refresh_cost):
+                # at most ~10 % of the watcher's time on refreshes (a full camera's root: ~2 MB)
                 self._refresh(e)
         self._look()
         self._submit()
