@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from core._isr_kernels import median_inplace, quickselect  # one copy of the selection
 from core._jit import ngjit
 
 # Flag bits of ``Source.flags`` (also in ``core.detect``)
@@ -33,47 +34,6 @@ WINDOW_Q = 16.0  # windowed moments use pixels within 4 sigma of the elliptical 
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
-
-
-@ngjit
-def _quickselect(buf, n, k):
-    """k-th smallest of buf[:n] (buf is reordered)."""
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        pivot = buf[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = buf[i]
-                buf[i] = buf[j]
-                buf[j] = t
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return buf[k]
-    return buf[k]
-
-
-@ngjit
-def median_inplace(buf, n):
-    """Median of buf[:n] (buf is reordered); NaN when n == 0."""
-    if n == 0:
-        return np.nan
-    if n % 2 == 1:
-        return float(_quickselect(buf, n, n // 2))
-    a = float(_quickselect(buf, n, n // 2 - 1))
-    b = float(_quickselect(buf, n, n // 2))
-    return 0.5 * (a + b)
 
 
 @ngjit
@@ -103,10 +63,10 @@ def _cell_stats(image, mask, use_mask, y0, y1, x0, x1, min_valid, integer, sub, 
     if ns < 3:
         return
     # a first guess only: one selection each (the upper median), no averaging
-    m0 = float(_quickselect(sub, ns, ns // 2))
+    m0 = float(quickselect(sub, ns, ns // 2))
     for i in range(ns):
         sub[i] = abs(sub[i] - m0)
-    s0 = 1.4826 * float(_quickselect(sub, ns, ns // 2))
+    s0 = 1.4826 * float(quickselect(sub, ns, ns // 2))
     nbins = hist.shape[0]
     if s0 > 0.0:
         w = s0 / HIST_BINS_PER_SIGMA

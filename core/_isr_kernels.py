@@ -11,7 +11,7 @@ from core._jit import ngjit
 
 
 @ngjit
-def _quickselect(buf, n, k):
+def quickselect(buf, n, k):
     """k-th smallest of buf[:n] (buf is reordered)."""
     lo = 0
     hi = n - 1
@@ -45,9 +45,9 @@ def median_inplace(buf, n):
     if n == 0:
         return np.nan
     if n % 2 == 1:
-        return float(_quickselect(buf, n, n // 2))
-    a = float(_quickselect(buf, n, n // 2 - 1))
-    b = float(_quickselect(buf, n, n // 2))
+        return float(quickselect(buf, n, n // 2))
+    a = float(quickselect(buf, n, n // 2 - 1))
+    b = float(quickselect(buf, n, n // 2))
     return 0.5 * (a + b)
 
 
