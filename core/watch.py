@@ -47,7 +47,7 @@ import numpy as np
 from core import isr
 from core import rawfile as rf
 from core.camera import Camera, load_camera
-from core.exposure import ExposureError, PartialExposure, open_exposure
+from core.exposure import PartialExposure
 from core.ingest import (
     FITS_SUFFIXES,
     CcdCollector,
@@ -285,9 +285,8 @@ class ExposureDone:
 class _Candidate:
     size: int
     mtime: float
-    stable: int = 0  # polls with the same size and mtime
     since: float = 0.0  # when the size and mtime last changed
-    reason: str = ""
+    reason: str = ""  # why it is not whole yet
 
 
 @dataclass
@@ -298,7 +297,6 @@ class _Filling:
     collector: CcdCollector
     summary: dict
     expected: int
-    expected_names: list[str]
     accounted: set[str] = field(default_factory=set)  # detectors ingested, failed or in flight
     in_flight: int = 0
     first_landed: float = float("inf")
@@ -462,7 +460,6 @@ class Watcher:
             collector=CcdCollector(camera),
             summary={k: summary.get(k) for k in keys},
             expected=expected,
-            expected_names=names,
         )
 
     def _attributes(self, e: _Filling, complete: bool) -> dict:
@@ -560,9 +557,8 @@ class Watcher:
             seen.add(path)
             c = self.candidates.get(path)
             if c is None or c.size != size or c.mtime != mtime:
-                self.candidates[path] = _Candidate(size, mtime, 0, now)
+                self.candidates[path] = _Candidate(size, mtime, now)
                 continue
-            c.stable += 1
             if now - c.since < self.poll:  # unchanged on two looks at least a poll apart
                 continue
             status, what = check_raw_file(path)
@@ -786,15 +782,3 @@ def latency_summary(done: list[ExposureDone]) -> dict[str, float]:
         "p95": float(np.percentile(lat, 95)),
         "max": float(lat.max()),
     }
-
-
-def completed_exposures(repo: str | os.PathLike) -> list[str]:
-    """Exposures of a local repository whose store says ``complete: true``."""
-    out = []
-    for p in sorted(Path(repo).glob("*.zarr")):
-        try:
-            if open_exposure(p).complete:
-                out.append(p.name[: -len(".zarr")])
-        except ExposureError:
-            continue
-    return out
