@@ -29,7 +29,7 @@ import fsspec
 import numpy as np
 import zarr
 
-from core import __version__, lazyzarr
+from core import __version__, layout, lazyzarr
 from core.zarrio import DEFAULT_CODEC, ZARR_JSON, Writer, array_metadata
 
 FORMAT_VERSION = 1
@@ -489,31 +489,13 @@ class DetectorImage:
 
     def ccd_to_array(self, x, y):
         """CCD pixel (x, y) to level-0 array (row, col), through the quarter turns."""
-        ny, nx = self.ccd_shape
-        x = np.asarray(x)
-        y = np.asarray(y)
-        t = self.quarter_turns
-        if t == 0:
-            return y, x
-        if t == 1:
-            return x, ny - 1 - y
-        if t == 2:
-            return ny - 1 - y, nx - 1 - x
-        return nx - 1 - x, y
+        return layout.ccd_to_array(np.asarray(x), np.asarray(y), self.ccd_shape, self.quarter_turns)
 
     def array_to_ccd(self, row, col):
         """Level-0 array (row, col) to CCD pixel (x, y)."""
-        ny, nx = self.ccd_shape
-        row = np.asarray(row)
-        col = np.asarray(col)
-        t = self.quarter_turns
-        if t == 0:
-            return col, row
-        if t == 1:
-            return row, ny - 1 - col
-        if t == 2:
-            return nx - 1 - col, ny - 1 - row
-        return nx - 1 - row, col
+        return layout.array_to_ccd(
+            np.asarray(row), np.asarray(col), self.ccd_shape, self.quarter_turns
+        )
 
     def locate_amp(self, x: int, y: int) -> tuple[int, int, int] | None:
         """(amp index, u, v) of CCD pixel (x, y); u, v count in readout order."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from core import _isr_kernels as k
 from core.assembly import ccd_shape
-from core.layout import AmpPlacement
+from core.layout import AmpPlacement, ccd_to_array
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ def amp_strides(placements: Sequence[AmpPlacement], w: int, h: int, quarter_turn
     width = nx if t % 2 == 0 else ny  # columns of the rotated image
 
     def index(x: int, y: int) -> tuple[int, int]:  # CCD (x, y) -> rotated (row, col)
-        if t == 0:
-            return y, x
-        if t == 1:
-            return x, ny - 1 - y
-        if t == 2:
-            return ny - 1 - y, nx - 1 - x
-        return nx - 1 - x, y
+        return ccd_to_array(x, y, (ny, nx), t)
 
     base, step_u, step_v = (np.empty(n_amp, dtype=np.int64) for _ in range(3))
     for a, p in enumerate(placements):

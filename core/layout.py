@@ -74,3 +74,31 @@ def vendor_from_header(ccd_manu: str | None, lsst_num: str | None) -> str:
                 if text.startswith(vendor):
                     return vendor
     raise ValueError(f"cannot tell the CCD vendor: CCD_MANU={ccd_manu!r}, LSST_NUM={lsst_num!r}")
+
+
+def ccd_to_array(x, y, ccd_shape: tuple[int, int], quarter_turns: int):
+    """CCD pixel (x, y) to the (row, col) of the CCD turned ``quarter_turns`` times
+    counter-clockwise into the focal-plane frame (row 0 at the bottom); ``ccd_shape`` is
+    (ny, nx) before turning. Works on scalars and arrays."""
+    ny, nx = ccd_shape
+    t = quarter_turns % 4
+    if t == 0:
+        return y, x
+    if t == 1:
+        return x, ny - 1 - y
+    if t == 2:
+        return ny - 1 - y, nx - 1 - x
+    return nx - 1 - x, y
+
+
+def array_to_ccd(row, col, ccd_shape: tuple[int, int], quarter_turns: int):
+    """The inverse of ``ccd_to_array``: turned (row, col) back to CCD pixel (x, y)."""
+    ny, nx = ccd_shape
+    t = quarter_turns % 4
+    if t == 0:
+        return col, row
+    if t == 1:
+        return row, ny - 1 - col
+    if t == 2:
+        return nx - 1 - col, ny - 1 - row
+    return nx - 1 - row, col

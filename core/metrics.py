@@ -48,7 +48,7 @@ import numpy as np
 
 from core import _metrics_kernels as k
 from core.isr import IsrConfig
-from core.layout import AmpPlacement
+from core.layout import AmpPlacement, array_to_ccd
 
 IMAGE_CATEGORIES = ("bias", "dark", "flat", "science", "default")
 PIXEL_SCALE_ARCSEC = 0.2
@@ -348,19 +348,8 @@ def ccd_summary(
 
 
 def level0_to_ccd(row, col, ccd_shape: tuple[int, int], quarter_turns: int):
-    """Level-0 array (row, col) to CCD pixel (x, y): ``core.exposure.DetectorImage.array_to_ccd``
-    for a detector not yet written (the tests hold the two together)."""
-    ny, nx = ccd_shape
-    row = np.asarray(row)
-    col = np.asarray(col)
-    t = quarter_turns % 4
-    if t == 0:
-        return col, row
-    if t == 1:
-        return row, ny - 1 - col
-    if t == 2:
-        return nx - 1 - col, ny - 1 - row
-    return nx - 1 - row, col
+    """Level-0 array (row, col) to CCD pixel (x, y) for a detector not yet written."""
+    return array_to_ccd(np.asarray(row), np.asarray(col), ccd_shape, quarter_turns)
 
 
 def source_table(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core import layout
+
 OVERVIEW = "overview"
 Rect = tuple[float, float, float, float]  # x0, y0, x1, y1 in focal-plane pixels
 
@@ -124,26 +126,10 @@ class DetectorInfo:
         return (self.origin[0], self.origin[1], self.origin[0] + nx, self.origin[1] + ny)
 
     def ccd_to_array(self, x, y):
-        ny, nx = self.ccd_shape
-        t = self.quarter_turns
-        if t == 0:
-            return y, x
-        if t == 1:
-            return x, ny - 1 - y
-        if t == 2:
-            return ny - 1 - y, nx - 1 - x
-        return nx - 1 - x, y
+        return layout.ccd_to_array(x, y, self.ccd_shape, self.quarter_turns)
 
     def array_to_ccd(self, row, col):
-        ny, nx = self.ccd_shape
-        t = self.quarter_turns
-        if t == 0:
-            return col, row
-        if t == 1:
-            return row, ny - 1 - col
-        if t == 2:
-            return nx - 1 - col, ny - 1 - row
-        return nx - 1 - row, col
+        return layout.array_to_ccd(row, col, self.ccd_shape, self.quarter_turns)
 
     def amp_box_fp(self, a: dict) -> Rect:
         """The amp's pixel edges in the focal plane."""
