@@ -125,11 +125,6 @@ def run_view(
                 fail(f"timed out after {time.monotonic() - t0:.0f} s waiting for tiles", 1)
 
         QTimer.singleShot(int(timeout * 1000), watchdog)
-        # the settled signal is event-driven and can be missed when the view needs only
-        # overview tiles (a small exposure seen whole): look again every 200 ms until written
-        poll = QTimer(w, interval=200)
-        poll.timeout.connect(maybe_write)
-        poll.start()
     app.exec()
     faulthandler.cancel_dump_traceback_later()
     w.shutdown()

@@ -505,6 +505,7 @@ class ViewerWindow(QMainWindow):
         self.level_samples[("ov", level)] = LevelSamples.complete(samples)
         self._dirty_tables.add(("ov", level))
         self._flush_tables()
+        self._schedule_settle_check()  # the flush may start nothing: this was the last job
 
     def _on_tile_read(self, tile: Tile) -> None:
         """Every detector tile read adds to its level's per-amp statistics until they freeze."""

@@ -438,6 +438,16 @@ def test_screenshot_command_writes_a_png_of_the_size(sim_exposure, tmp_path, qap
     assert res.returncode == 2 and "cannot open" in res.stderr, res.stderr
 
 
+def test_screenshot_of_the_whole_plane_of_a_small_exposure_finishes(sim_exposure, tmp_path, qapp):
+    """Seen whole, a 2-CCD exposure needs only overview tiles: the last statistics job must
+    still lead to 'settled' (it once never did, and the screenshot timed out)."""
+    path, _ = sim_exposure
+    out = tmp_path / "whole.png"
+    res = _cvt("view", str(path), "--screenshot", str(out), "--size", "320x240", "--timeout", "40")
+    assert res.returncode == 0, res.stderr
+    assert out.stat().st_size > 0
+
+
 def test_pyside_reference_leaks_cannot_kill_the_interpreter(qapp):
     """PySide6 6.12 loses a reference to True on every emit() and to None on every
     processEvents(); on CPython 3.11 the viewer would abort after a few thousand frames
