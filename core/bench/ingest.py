@@ -21,7 +21,7 @@ import numpy as np
 
 from core.camera import load_camera
 from core.exposure import OverviewGrid, write_detector
-from core.ingest import find_raw_files, ingest, process_ccd
+from core.ingest import ingest, process_ccd
 from core.rawfile import read_raw
 from core.zarrio import DEFAULT_CODEC, Writer
 
@@ -299,4 +299,4 @@ def run(
     return results
 
 
-__all__ = ["baseline_ccd", "find_raw_files", "ours_ccd", "per_ccd", "run"]
+__all__ = ["baseline_ccd", "ours_ccd", "per_ccd", "run"]
