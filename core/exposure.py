@@ -384,7 +384,7 @@ class PartialExposure:
                 w._put(w._path(f"overview/{i}", ZARR_JSON), json.dumps(doc).encode())
                 w.nodes[f"overview/{i}"] = doc
         levels = self._coarse_levels(grid, boxes)
-        enc = DEFAULT_CODEC.encoder(4)
+        enc = DEFAULT_CODEC.encoder(np.float32)
         for i, (sums, counts) in enumerate(levels):
             ny, nx = w.nodes[f"overview/{i}"]["shape"]
             ch, cw = w.nodes[f"overview/{i}"]["chunk_grid"]["configuration"]["chunk_shape"]

@@ -32,7 +32,7 @@ from core.exposure import (
     write_overview,
     write_table,
 )
-from core.rawfile import RawCCD, RawFileError, RawInfo, read_raw, read_raw_header
+from core.rawfile import RawCCD, RawFileError, RawInfo, header_text, read_raw, read_raw_header
 from core.zarrio import Writer
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,8 @@ def process_ccd(
         for p in raw.placements
     ]
     headers = {
-        "primary": raw.info.primary_header.tostring(sep="\n"),
-        "segments": {
-            p.extname: h_.tostring(sep="\n") for p, h_ in zip(raw.placements, raw.segment_headers)
-        },
+        "primary": header_text(raw.info.primary_header),
+        "segments": {p.extname: text for p, text in zip(raw.placements, raw.segment_header_texts)},
     }
     product = DetectorProduct(
         name=det.name,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import mmap
 import os
 import pickle
 import sqlite3
@@ -92,33 +91,10 @@ def check_raw_file(path: str | os.PathLike) -> tuple[str, RawInfo | str]:
         return BAD, str(exc)
     except RawFileError as exc:
         return (WAITING if _incomplete(exc.reason) else BAD), str(exc)
-    why = _missing_bytes(path, info)
+    why = rf.incomplete_reason(path, info)
     if why:
         return WAITING, f"{path}: {why}"
     return READY, info
-
-
-def _missing_bytes(path: str, info: RawInfo) -> str | None:
-    """Why the file does not yet hold all of its segments (None when it does): the FITS walk
-    (every HDU's header and data present) and the segment count of the detector."""
-    try:
-        with open(path, "rb") as f:
-            if info.gzipped:
-                data = rf._Bytes(rf._gunzip(f.read(), path))
-                hdus = rf._walk(data, path)
-            else:
-                with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                    data = rf._Bytes(buf)
-                    hdus = rf._walk(data, path)
-                    del data
-    except RawFileError as exc:
-        return exc.reason
-    except (OSError, ValueError) as exc:
-        return f"cannot read: {exc}"
-    n = sum(1 for h in hdus[1:] if rf._SEGMENT_RE.fullmatch(h.extname))
-    if n < info.n_segments:
-        return f"truncated file: {n} of {info.n_segments} segments so far"
-    return None
 
 
 def _is_raw_name(name: str) -> bool:

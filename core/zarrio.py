@@ -24,26 +24,38 @@ ZARR_JSON = "zarr.json"
 
 @dataclass(frozen=True)
 class Codec:
-    """The blosc codec of an array (bitshuffle: 18-bit data and means compress ~4x)."""
+    """The blosc codec of an array, its shuffle chosen by the data type (``core/bench/chunks.py``).
+
+    Integer pixels (level 0: ``raw - rint(bias)``, the raw overscan) take the byte shuffle: their
+    high bytes are zero, so it compresses as well as the bit shuffle (0.281 against 0.278 of the
+    raw size on a simulated CCD) and encodes 2.3x and decodes 2x faster. Floating-point levels
+    take the bit shuffle, which compresses the noisy low mantissa bits far better (0.29 against
+    0.49)."""
 
     cname: str = "lz4"
     clevel: int = 5
 
-    def encoder(self, typesize: int) -> numcodecs.Blosc:
+    @staticmethod
+    def shuffle(dtype) -> str:
+        return "shuffle" if np.dtype(dtype).kind in "iub" else "bitshuffle"
+
+    def encoder(self, dtype) -> numcodecs.Blosc:
+        shuffle = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
         return numcodecs.Blosc(
-            cname=self.cname, clevel=self.clevel, shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=0
+            cname=self.cname, clevel=self.clevel, shuffle=shuffle[self.shuffle(dtype)], blocksize=0
         )
 
-    def metadata(self, typesize: int) -> list[dict]:
+    def metadata(self, dtype) -> list[dict]:
+        dtype = np.dtype(dtype)
         return [
             {"name": "bytes", "configuration": {"endian": "little"}},
             {
                 "name": "blosc",
                 "configuration": {
-                    "typesize": typesize,
+                    "typesize": dtype.itemsize,
                     "cname": self.cname,
                     "clevel": self.clevel,
-                    "shuffle": "bitshuffle",
+                    "shuffle": self.shuffle(dtype),
                     "blocksize": 0,
                 },
             },
@@ -80,7 +92,7 @@ def array_metadata(
         },
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": _fill_json(dtype, fill),
-        "codecs": codec.metadata(dtype.itemsize),
+        "codecs": codec.metadata(dtype),
         "attributes": attributes or {},
         "storage_transformers": [],
     }
@@ -155,7 +167,7 @@ class Writer:
         fill_value = (
             np.nan if np.issubdtype(data.dtype, np.floating) and fill is None else (fill or 0)
         )
-        enc = codec.encoder(data.dtype.itemsize)
+        enc = codec.encoder(data.dtype)
         grid = [math.ceil(s / c) for s, c in zip(data.shape, chunks)]
         for index in np.ndindex(*grid):
             sl = tuple(

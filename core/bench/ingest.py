@@ -100,8 +100,12 @@ def baseline_ccd(path: str, out_dir: str, overscan: str = "clipped") -> float:
     level0 = np.ascontiguousarray(np.rot90(ccd, det.quarter_turns, axes=(1, 0)))
     levels = _baseline_pyramid(level0)
     group = zarr.open_group(os.path.join(out_dir, f"{raft}_{slot}.zarr"), mode="w")
-    codec = BloscCodec(cname=DEFAULT_CODEC.cname, clevel=DEFAULT_CODEC.clevel, shuffle="bitshuffle")
     for i, lv in enumerate(levels):
+        codec = BloscCodec(
+            cname=DEFAULT_CODEC.cname,
+            clevel=DEFAULT_CODEC.clevel,
+            shuffle=DEFAULT_CODEC.shuffle(lv.dtype),
+        )
         arr = group.create_array(
             str(i), shape=lv.shape, dtype=lv.dtype, chunks=(512, 512), compressors=[codec]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -19,6 +20,8 @@ from core.rawfile import (
     camera_from_header,
     dayobs_from_header,
     detector_key_from_header,
+    header_text,
+    incomplete_reason,
     obsid_from_header,
     parse_datasec,
     read_raw,
@@ -270,6 +273,25 @@ def test_truncated(tmp_path, gzipped):
     check_error(path, "truncated")
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_incomplete_reason_follows_a_file_being_written(tmp_path, gzipped):
+    """A file written in pieces is incomplete (with the reason) until its last byte lands."""
+    whole = tmp_path / "whole.fits"
+    make_raw(whole)
+    info = read_raw_header(whole)
+    assert incomplete_reason(whole, info) is None
+    content = whole.read_bytes()
+    growing = tmp_path / ("growing.fits.gz" if gzipped else "growing.fits")
+    reasons = []
+    for frac in (0.3, 0.6, 0.97):
+        part = content[: int(len(content) * frac)]
+        growing.write_bytes(gzip.compress(part) if gzipped else part)
+        reasons.append(incomplete_reason(growing, dataclasses.replace(info, gzipped=gzipped)))
+    assert all(r and ("truncated" in r or "segments so far" in r) for r in reasons), reasons
+    growing.write_bytes(gzip.compress(content) if gzipped else content)
+    assert incomplete_reason(growing, dataclasses.replace(info, gzipped=gzipped)) is None
+
+
 def test_missing_segment(tmp_path):
     path = tmp_path / "raw.fits"
     make_raw(path, drop=("Segment03",))
@@ -478,7 +500,14 @@ def test_real_segments_equal_astropy(obs_lsst, name):
             assert np.array_equal(raw.segments[i], ref.data), p.extname
             assert raw.segment_headers[i]["DATASEC"] == ref.header["DATASEC"]
             assert list(raw.segment_headers[i].items()) == list(ref.header.items())
+            # the text the store keeps, cut from the file's bytes without astropy, reads back
+            text = raw.segment_header_texts[i]
+            assert text.endswith("END".ljust(80)) and all(len(c) == 80 for c in text.split("\n"))
+            again = fits.Header.fromstring(text, sep="\n")
+            assert list(again.items()) == list(ref.header.items())
         assert list(raw.info.primary_header.items()) == list(hdul[0].header.items())
+        again = fits.Header.fromstring(header_text(raw.info.primary_header), sep="\n")
+        assert list(again.items()) == list(hdul[0].header.items())
 
 
 @pytest.mark.realdata
