@@ -11,7 +11,7 @@ from core.zarrio import Writer
 
 
 @pytest.mark.parametrize(
-    "dtype, shuffle",
+    ("dtype", "shuffle"),
     [(np.int32, "shuffle"), (np.uint8, "shuffle"), (np.float32, "bitshuffle")],
 )
 def test_arrays_read_back_with_zarr_python(tmp_path, dtype, shuffle):
