@@ -175,9 +175,19 @@ def assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, base, step_
         for v in range(h):
             b = np.int32(np.rint(row_bias[a, y0 + v]))
             i = base[a] + v * step_v[a]
-            for u in range(w):
-                flat[i] = segments[a, y0 + v, x0 + u] - b - cb[u]
-                i += su
+            src = segments[a, y0 + v, x0:x1]
+            if su == 1:  # rows run along the output's rows: contiguous slices, which vectorise
+                dst = flat[i : i + w]
+                for u in range(w):
+                    dst[u] = src[u] - b - cb[u]
+            elif su == -1:
+                dst = flat[i - w + 1 : i + 1]
+                for u in range(w):
+                    dst[w - 1 - u] = src[u] - b - cb[u]
+            else:  # a quarter-turned detector: rows run down the output's columns
+                for u in range(w):
+                    flat[i] = src[u] - b - cb[u]
+                    i += su
 
 
 @ngjit
