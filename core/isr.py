@@ -117,6 +117,30 @@ def downsample(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def downsample_scaled(image: np.ndarray, boxes, factors) -> np.ndarray:
+    """One pyramid step of ``image`` with each box ``(r0, r1, c0, c1)`` (array rows and columns,
+    half-open) first multiplied by its factor, float32. The boxes must tile the image as a grid
+    (amplifiers do); e.g. the gain of each amp, for an image in electrons."""
+    rows = sorted({b[0] for b in boxes} | {b[1] for b in boxes})
+    cols = sorted({b[2] for b in boxes} | {b[3] for b in boxes})
+    ny, nx = image.shape
+    if rows[0] != 0 or rows[-1] != ny or cols[0] != 0 or cols[-1] != nx:
+        raise ValueError(
+            f"boxes {rows[0]}:{rows[-1]} x {cols[0]}:{cols[-1]} do not cover {ny} x {nx}"
+        )
+    scale = np.full((len(rows) - 1, len(cols) - 1), np.nan)
+    for (r0, r1, c0, c1), f in zip(boxes, factors):
+        scale[rows.index(r0) : rows.index(r1), cols.index(c0) : cols.index(c1)] = f
+    if np.isnan(scale).any():
+        raise ValueError("boxes leave part of the image uncovered")
+    row_block = np.searchsorted(rows, np.arange(ny), side="right") - 1
+    col_block = np.searchsorted(cols, np.arange(nx), side="right") - 1
+    col_scale = np.ascontiguousarray(scale[:, col_block])  # (row blocks, nx)
+    out = np.empty(((ny + 1) // 2, (nx + 1) // 2), dtype=np.float32)
+    k.downsample2_scaled(image, row_block, col_scale, out)
+    return out
+
+
 def pyramid(level0: np.ndarray, min_size: int = 128) -> list[np.ndarray]:
     """Levels 1, 1/2, 1/4, ... until the longer side is at most ``min_size`` pixels."""
     levels = [level0]

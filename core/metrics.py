@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import _metrics_kernels as k
-from core.isr import IsrConfig
-from core.layout import AmpPlacement, array_to_ccd
+from core.isr import IsrConfig, downsample_scaled
+from core.layout import AmpPlacement, array_to_ccd, ccd_to_array
 
 IMAGE_CATEGORIES = ("bias", "dark", "flat", "science", "default")
 PIXEL_SCALE_ARCSEC = 0.2
@@ -362,7 +362,8 @@ def source_table(
     """``core.detect`` sources found on level 0 as catalog columns: ``x, y`` in CCD pixels,
     ``fp_x, fp_y`` in focal-plane pixels (level-0 pixel (row, col) has its centre at
     ``origin + (col + 0.5, row + 0.5)``), the rest as measured (second moments and angle in the
-    level-0, i.e. focal-plane, axes)."""
+    level-0, i.e. focal-plane, axes). Detection runs on the gain-corrected image, so ``flux``,
+    ``flux_err``, ``peak`` and ``background`` are in electrons."""
     col, row = sources["x"], sources["y"]
     x, y = level0_to_ccd(row, col, ccd_shape, quarter_turns)
     out: dict[str, np.ndarray] = {
@@ -376,6 +377,19 @@ def source_table(
         if name not in ("x", "y"):
             out[name] = sources[name]
     return out
+
+
+def amp_array_boxes(amps: Sequence[dict], ccd_shape: tuple[int, int], quarter_turns: int):
+    """Each amp's ``(r0, r1, c0, c1)`` (half-open) in the turned level-0 array, from its CCD box
+    (``x0, y0, nx, ny`` as in ``DetectorProduct.amps``)."""
+    boxes = []
+    for a in amps:
+        ra, ca = ccd_to_array(a["x0"], a["y0"], ccd_shape, quarter_turns)
+        rb, cb = ccd_to_array(
+            a["x0"] + a["nx"] - 1, a["y0"] + a["ny"] - 1, ccd_shape, quarter_turns
+        )
+        boxes.append((min(ra, rb), max(ra, rb) + 1, min(ca, cb), max(ca, cb) + 1))
+    return boxes
 
 
 def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), detect: bool = True):
@@ -413,13 +427,23 @@ def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), det
         except ImportError:
             det_mod = None
         if det_mod is not None:
-            sat = float(np.min(const["saturation"] - table["bias_level"]))
+            # in electrons: each amp times its gain, so the sky has no step where two amps of
+            # different gains meet (in ADU the step made a row of false, huge, slow-to-measure
+            # "sources" along a CCD's midline, wherever the background mesh straddled it)
+            gain = const["gain"]
+            sat = float(np.min((const["saturation"] - table["bias_level"]) * gain))
+            boxes = amp_array_boxes(product.amps, product.ccd_shape, product.quarter_turns)
+            level0 = product.levels[0]
             # on level 1 (2 x 2 means): a quarter of the cost of level 0, the catalogue still in
             # level-0 pixels (core.detect.detect_binned says what that costs in accuracy)
             if len(product.levels) > 1:
-                found = det_mod.detect_binned(product.levels[1], saturation=sat)
+                binned = downsample_scaled(level0, boxes, gain)
+                found = det_mod.detect_binned(binned, saturation=sat)
             else:
-                found = det_mod.detect_sources(product.levels[0], saturation=sat)
+                electrons = level0.astype(np.float32)
+                for (r0, r1, c0, c1), g in zip(boxes, gain):
+                    electrons[r0:r1, c0:c1] *= g
+                found = det_mod.detect_sources(electrons, saturation=sat)
             n_sources, psf = len(found), det_mod.psf_summary(found)
             sources = source_table(
                 found, detector.name, product.origin, product.ccd_shape, product.quarter_turns

@@ -129,3 +129,21 @@ def test_a_failing_step_never_stops_the_exposure(tmp_path, monkeypatch):
     exp = open_exposure(report.path)
     assert set(exp.table("metrics")["detector"]) == {"R22_S12"}
     assert exp.detector("R22_S11").level(0).shape == (4004, 4096)
+
+
+def test_sources_are_stars_not_steps_between_amps(simulated):
+    """Detection runs in electrons (each amp times its gain): in ADU, the sky steps where amps of
+    different gains meet, and the background mesh cannot follow a step, so a row of huge false
+    "sources" lined a CCD's midline. Now every large source is a star of the truth."""
+    sim, reports, _ = simulated
+    stars = sim.truth["stars"]
+    sources = open_exposure(reports[0].path).table("sources")
+    sx, sy = np.asarray(stars["fp_x"]), np.asarray(stars["fp_y"])
+    for name in ("R22_S11", "R01_S00"):
+        mine = np.asarray(sources["detector"]) == name
+        x, y, npix = (np.asarray(sources[c])[mine] for c in ("fp_x", "fp_y", "npix"))
+        d = np.sqrt((x[:, None] - sx[None, :]) ** 2 + (y[:, None] - sy[None, :]) ** 2).min(axis=1)
+        false = d > 5
+        assert len(x) > 200, name
+        assert npix[false].max(initial=0) < 1000, (name, np.sort(npix[false])[-5:])
+        assert false.mean() < 0.2, (name, false.sum(), len(x))

@@ -119,3 +119,25 @@ def test_bin_onto_grid_matches_a_plain_sum():
     blocks = pad.reshape(counts.shape[0], 16, counts.shape[1], 16)
     np.testing.assert_allclose(sums, np.nansum(blocks, axis=(1, 3)))
     np.testing.assert_array_equal(counts, np.isfinite(blocks).sum(axis=(1, 3)))
+
+
+@pytest.mark.parametrize("shape", [(40, 34), (41, 35), (7, 9)])
+def test_downsample_scaled_is_the_area_mean_of_the_scaled_image(shape):
+    """Each amp box times its factor, then 2 x 2 means; a bin that straddles two amps is exact."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(-50, 5000, size=shape).astype(np.int32)
+    ny, nx = shape
+    rows, cols = [0, ny // 2 + 1, ny], [0, nx // 3, 2 * nx // 3 + 1, nx]  # odd boundaries too
+    boxes, factors, scaled = [], [], np.empty(shape)
+    for i in range(2):
+        for j in range(3):
+            box = (rows[i], rows[i + 1], cols[j], cols[j + 1])
+            f = 0.5 + rng.random() * 2.5
+            boxes.append(box)
+            factors.append(f)
+            scaled[box[0] : box[1], box[2] : box[3]] = image[box[0] : box[1], box[2] : box[3]] * f
+    got = isr.downsample_scaled(image, boxes, np.array(factors))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref.downsample2(scaled), rtol=1e-6)
+    with pytest.raises(ValueError, match="cover"):
+        isr.downsample_scaled(image, boxes[:-1], np.array(factors[:-1]))
