@@ -15,6 +15,17 @@ from cvt.display import COLORMAPS, LIMIT_MODES, SCOPES, STRETCHES
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("exposure", metavar="PATH_OR_URL", help="an exposure store (.zarr)")
     parser.add_argument("--screenshot", metavar="FILE.png", help="write the view and exit")
+    parser.add_argument(
+        "--compare",
+        metavar="PATH_OR_URL",
+        help="a second exposure B to blink against (key B) or show side by side (Ctrl+B)",
+    )
+    parser.add_argument(
+        "--blink",
+        type=float,
+        metavar="S",
+        help="with --compare: blink A and B every S seconds",
+    )
     parser.add_argument("--goto", metavar="NAME", help="show R22_S11 or R22_S11_C07")
     parser.add_argument("--overlay", metavar="METRIC", help="per-amp heat map of a metric")
     parser.add_argument("--size", metavar="WxH", help="view size (screenshot) or window size")
@@ -38,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"cvt view: {exc}", file=sys.stderr)
             return 2
+    if args.blink is not None and not (args.compare and 0.05 <= args.blink <= 600):
+        print("cvt view: --blink S needs --compare and 0.05 <= S <= 600", file=sys.stderr)
+        return 2
     settings = {
         k: getattr(args, k)
         for k in ("stretch", "limits", "scope", "cmap")
@@ -46,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     return run_view(
         args.exposure,
         screenshot=args.screenshot,
+        compare=args.compare,
+        blink=args.blink,
         goto=args.goto,
         overlay=args.overlay,
         size=size,

@@ -41,6 +41,8 @@ def run_view(
     url: str,
     *,
     screenshot: str | None = None,
+    compare: str | None = None,
+    blink: float | None = None,
     goto: str | None = None,
     overlay: str | None = None,
     size: tuple[int, int] | None = None,
@@ -78,6 +80,11 @@ def run_view(
         QTimer.singleShot(0, app.quit)  # also right if the event loop has not started yet
 
     def on_opened(exposure) -> None:
+        if compare and w.compare.other is None:
+            w.compare.open(compare)
+            if blink:
+                w.compare.set_interval(blink)
+                w.compare.opened.connect(lambda _: w.compare.set_auto_blink(True))
         if goto and not w.goto(goto, animate=False):
             fail(f"{exposure.obsid} has no detector or amp {goto!r}", 2)
             return
@@ -99,8 +106,11 @@ def run_view(
             return
         if not state["tables"] or not w.is_settled():
             return
+        other = w.compare.other if compare else None
+        if compare and (other is None or other.exposure is None or not other.is_settled()):
+            return
         app.processEvents()
-        image = w.view.grab()
+        image = (w.centralWidget() if compare else w.view).grab()
         if not image.save(screenshot, "PNG"):
             fail(f"cannot write {screenshot}", 1)
             return
@@ -109,6 +119,11 @@ def run_view(
         w.close()
         QTimer.singleShot(0, app.quit)
 
+    if compare:
+        w.compare.opened.connect(lambda _: w.compare.other.settled.connect(maybe_write))
+        if screenshot is not None:
+            w.compare.set_mode("side")
+            w.compare.failed.connect(lambda msg: fail(msg, 2))
     w.opened.connect(on_opened)
     w.open_failed.connect(lambda msg: fail(f"cannot open {url}: {msg}", 2))
     w.tables_loaded.connect(on_tables)

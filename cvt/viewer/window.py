@@ -155,6 +155,8 @@ class ViewerWindow(QMainWindow):
     settled = Signal()  # every needed tile is in and drawn with the current stretch
     health_done = Signal(object)
     tables_loaded = Signal()
+    settings_changed = Signal(object)  # the new DisplaySettings
+    status_changed = Signal(str)  # the hover readout
 
     def __init__(
         self,
@@ -163,9 +165,11 @@ class ViewerWindow(QMainWindow):
         io_threads: int = 4,
         cpu_threads: int = 2,
         animate: bool = True,
+        embedded: bool = False,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
+        self.embedded = embedded  # a pane of another window (the compare view): no chrome
         # worker threads run Python too: hand the interpreter lock back to the GUI thread
         # within a millisecond, not the default five, so that a frame never queues behind them
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
@@ -235,7 +239,24 @@ class ViewerWindow(QMainWindow):
         self.loader.tile_loaded.connect(self._on_tile)
         self.loader.tile_read.connect(self._on_tile_read)
         self.loader.resident_loaded.connect(self._on_resident)
-        self.resize(1200, 900)
+        self.compare = None
+        if embedded:
+            self._strip_chrome()
+        else:
+            from cvt.viewer.compare import CompareController
+
+            self.compare = CompareController(self)
+            self.resize(1200, 900)
+
+    def _strip_chrome(self) -> None:
+        """A pane inside another window: the view alone; that window's controls drive it."""
+        self.setWindowFlags(Qt.WindowType.Widget)
+        for tb in self.findChildren(QToolBar):
+            tb.hide()
+        for dock in (self.hist_dock, self.health_dock, self.header_dock):
+            dock.hide()
+        self.menuBar().hide()
+        self.statusBar().hide()
 
     # ------------------------------------------------------------------ UI
 
@@ -654,6 +675,8 @@ class ViewerWindow(QMainWindow):
         elif stage == "cmap":
             self._set_colour_map(new.cmap)
         self._schedule_settle_check()
+        if stage is not None:
+            self.settings_changed.emit(new)
 
     def _set_colour_map(self, name: str) -> None:
         """The colour stage: re-colour the index images in memory (workers); no read, no
@@ -1134,6 +1157,7 @@ class ViewerWindow(QMainWindow):
     def _set_status(self, text: str) -> None:
         self.status_text = text
         self.hover_label.setText(text)
+        self.status_changed.emit(text)
 
     def _request_header(self) -> None:
         loc = self._hover_loc
@@ -1180,6 +1204,8 @@ class ViewerWindow(QMainWindow):
         if self._closing:
             return
         self._closing = True
+        if self.compare is not None:
+            self.compare.shutdown()
         for t in (self._restretch_timer, self._settle_timer):
             t.stop()
         self.view._fly.stop()
