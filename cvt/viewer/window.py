@@ -58,6 +58,7 @@ from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
+from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
 from cvt.viewer.view import FocalPlaneView
@@ -210,6 +211,7 @@ class ViewerWindow(QMainWindow):
         self._first_frame_at: float | None = None
         self._settled_emitted = False
         self._opening = False
+        self.sky = None  # (BoresightWcs or None, why not) of the exposure, once known
         self.metrics: dict = {}
         self.sources: dict = {}
         self._source_xy = None
@@ -455,8 +457,23 @@ class ViewerWindow(QMainWindow):
         self.runner.submit(
             "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
         )
+        self.sky = None
+        self.runner.submit(
+            "io",
+            sky_of,
+            exposure,
+            images,
+            on_done=self._on_sky,
+            on_error=lambda e: self._on_sky((None, f"header unreadable: {e}")),
+        )
         self.opened.emit(exposure)
         self._refresh()
+
+    def _on_sky(self, sky) -> None:
+        self.sky = sky
+        loc = self._hover_loc
+        if loc is not None and self.status_text:
+            self._set_status(self._hover_text(loc))
 
     def navigate(self, step: int) -> None:
         """Open the previous (-1), next (+1) or latest (0) exposure of the same repository
@@ -1091,10 +1108,11 @@ class ViewerWindow(QMainWindow):
 
     def _hover_text(self, loc, exact: dict | None = None) -> str:
         parts = [f"fp ({loc.fx:.1f}, {loc.fy:.1f})"]
+        sky = sky_text(self.sky, loc.fx, loc.fy)
         if loc.detector is None:
-            return parts[0]
+            return "   ".join([parts[0], sky]).rstrip()
         if loc.absent:
-            return f"{parts[0]}  {loc.detector}: not in this exposure"
+            return f"{parts[0]}  {loc.detector}: not in this exposure   {sky}".rstrip()
         raft, slot = loc.detector.split("_")
         parts.append(f"{raft} {slot} {loc.amp or '-'}")
         parts.append(f"ccd ({loc.ccd_x}, {loc.ccd_y})")
@@ -1112,6 +1130,8 @@ class ViewerWindow(QMainWindow):
                 f"value {v:.6g}"
                 + ("" if level == 0 else f" (mean of {2**level}x{2**level}; exact…)")
             )
+        if sky:
+            parts.append(sky)
         return "   ".join(parts)
 
     def _shown_value(self, loc):
