@@ -57,6 +57,7 @@ from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
+from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
@@ -255,7 +256,7 @@ class ViewerWindow(QMainWindow):
         self.setWindowFlags(Qt.WindowType.Widget)
         for tb in self.findChildren(QToolBar):
             tb.hide()
-        for dock in (self.hist_dock, self.health_dock, self.header_dock):
+        for dock in (self.hist_dock, self.health_dock, self.header_dock, self.overscan.dock):
             dock.hide()
         self.menuBar().hide()
         self.statusBar().hide()
@@ -347,10 +348,12 @@ class ViewerWindow(QMainWindow):
         self.progress_label = QLabel("", self)
         self.statusBar().addWidget(self.hover_label, 1)
         self.statusBar().addPermanentWidget(self.progress_label)
+        self.overscan = OverscanDock(self)
         menu = self.menuBar().addMenu("&View")
         menu.addAction(self.hist_dock.toggleViewAction())
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
+        menu.addAction(self.overscan.action)
         act_png = QAction("Export view as PNG…", self)
         act_png.triggered.connect(self._export_dialog)
         self.menuBar().addMenu("&File").addAction(act_png)
@@ -468,6 +471,7 @@ class ViewerWindow(QMainWindow):
         )
         self.opened.emit(exposure)
         self._refresh()
+        self.overscan.reset()
 
     def _on_sky(self, sky) -> None:
         self.sky = sky
@@ -1105,6 +1109,7 @@ class ViewerWindow(QMainWindow):
         if loc.detector and not loc.absent:
             self._request_pixel(loc.detector, loc.row, loc.col)
             self._request_header()
+            self.overscan.follow(loc.detector)
 
     def _hover_text(self, loc, exact: dict | None = None) -> str:
         parts = [f"fp ({loc.fx:.1f}, {loc.fy:.1f})"]

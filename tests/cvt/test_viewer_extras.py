@@ -70,3 +70,78 @@ def test_hover_reads_out_ra_dec_from_the_headers(viewer, qtbot, sim_exposure, si
     w2.view.hovered.emit((x0 + x1) / 2, (y0 + y1) / 2)
     assert "no sky position (a BIAS image is not of the sky)" in w2.status_text
     wait_settled(qtbot, w2)
+
+
+def test_overscan_dock_shows_the_untrimmed_ccd(viewer, qtbot, sim_exposure):
+    from tests.cvt.test_compare import as_array
+
+    path, truth = sim_exposure
+    w = viewer(size=(1300, 800))
+    open_and_settle(qtbot, w, path)
+    assert w.goto("R22_S11")
+    wait_settled(qtbot, w)
+    ov = w.overscan
+    assert not ov.dock.isVisible() and ov.action in w.menuBar().actions()[0].menu().actions()
+    with qtbot.waitSignal(ov.loaded, timeout=20000) as done:
+        ov.action.trigger()  # View > Show overscan (key O)
+    assert done.args[0] == "R22_S11" and ov.dock.isVisible()
+    u = ov.current
+    (x0, x1, y0, y1), (sny, snx) = u.datasec, u.seg_shape
+    assert (sny, snx) == (2048, 576) and (x0, x1, y1) == (10, 522, 2002)  # E2V
+    assert u.pixels.shape == (2 * sny, 8 * snx)
+    amps = {a["amp"]: a for f in truth["files"] if f["detector"] == "R22_S11" for a in f["amps"]}
+    qtbot.waitUntil(lambda: ov.argb is not None and ov.view.isVisible(), timeout=5000)
+    qtbot.wait(50)
+    img = as_array(ov.view.grab().toImage())
+    for name in ("C00", "C07", "C10", "C17"):
+        i = next(k for k, a in enumerate(u.amps) if a["name"] == name)
+        r0, r1, c0, c1 = u.blocks[i]
+        a = u.amps[i]
+        # where the serial overscan columns are in the picture: right of the data in readout
+        # order, so on the left of the block when the amp is flipped in x
+        cols = np.arange(c0, c1)
+        seg_x = (c1 - 1 - cols) if a["flip_x"] else (cols - c0)
+        over = cols[seg_x >= x1 + 3]  # past the serial CTI trail
+        data = cols[(seg_x >= x0 + 20) & (seg_x < x1 - 20)]
+        rows = np.arange(r0 + 100, r1 - 100)
+        bias = amps[name]["bias"]
+        assert abs(np.median(u.pixels[np.ix_(rows, over)]) - bias) < 3, (name, bias)
+        assert np.median(u.pixels[np.ix_(rows, data)]) > bias + 50  # sky on top of the bias
+
+        # drawn: the overscan is darker than the data next to it (per-amp equalisation)
+        def colour(c, r):
+            p = ov.vb.mapViewToScene(pg_point(c + 0.5, r + 0.5))
+            q = ov.view.mapFromScene(p)
+            return img[q.y() - 1 : q.y() + 2, q.x() - 1 : q.x() + 2].mean()
+
+        mid = (r0 + r1) // 2
+        assert colour(over[len(over) // 2], mid) + 40 < colour(data[len(data) // 2], mid), name
+        # the readout names the region, the segment pixel and the raw value
+        c = int(over[5])
+        text = ov.hover(c + 0.5, mid + 0.5)
+        sx = (c1 - 1 - c) if a["flip_x"] else (c - c0)
+        sy = (r1 - 1 - mid) if a["flip_y"] else (mid - r0)
+        assert f"{name} (Segment{name[1:]})" in text and "serial overscan" in text
+        assert f"segment pixel ({sx}, {sy})" in text
+        assert f"raw {int(u.pixels[mid, c])} ADU" in text
+    # a data pixel reads out raw and corrected, agreeing with the store's own pixel()
+    det = w.images["R22_S11"]
+    want = det.pixel(1234, 777)
+    a = next(a for a in u.amps if a["name"] == want["amp"])
+    i = u.amps.index(a)
+    r0, r1, c0, c1 = u.blocks[i]
+    sx, sy = x0 + want["amp_u"], y0 + want["amp_v"]
+    col = c1 - 1 - sx if a["flip_x"] else c0 + sx
+    row = r1 - 1 - sy if a["flip_y"] else r0 + sy
+    assert int(u.pixels[row, col]) == want["raw"]
+    text = ov.hover(col + 0.5, row + 0.5)
+    assert f"data: raw {want['raw']} ADU  corrected {want['corrected']}" in text
+    # hidden again when toggled off
+    ov.action.trigger()
+    assert not ov.dock.isVisible() and not ov.action.isChecked()
+
+
+def pg_point(x, y):
+    from PySide6.QtCore import QPointF
+
+    return QPointF(x, y)
