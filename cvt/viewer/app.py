@@ -38,7 +38,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run_view(
-    url: str,
+    url: str | None,
     *,
     screenshot: str | None = None,
     compare: str | None = None,
@@ -50,7 +50,7 @@ def run_view(
     tile_budget_mb: int | None = None,
     timeout: float = 120.0,
 ) -> int:
-    """Open ``url`` in a window. With ``screenshot``: render offscreen, write the PNG once every
+    """Open ``url`` in a window (none: an empty window, File > Open). With ``screenshot``: render offscreen, write the PNG once every
     needed tile is drawn, and return 0 (2 if the exposure cannot be read, 1 on a timeout)."""
     ensure_platform(offscreen=screenshot is not None)
     app = application()
@@ -129,7 +129,8 @@ def run_view(
     w.tables_loaded.connect(on_tables)
     w.settled.connect(maybe_write)
     w.show()
-    QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
+    if url is not None:
+        QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
     if screenshot is not None:
         t0 = time.monotonic()
         # a scripted run must end: if even the event loop is stuck, print every thread's stack

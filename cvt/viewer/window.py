@@ -354,9 +354,27 @@ class ViewerWindow(QMainWindow):
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
         menu.addAction(self.overscan.action)
+        file_menu = self.menuBar().addMenu("&File")
+        self.file_menu = file_menu
+        act_open_menu = QAction("Open exposure…", self)
+        act_open_menu.triggered.connect(self._open_dialog)
+        file_menu.addAction(act_open_menu)
+        act_url = QAction("Open URL…", self)
+        act_url.setShortcut(QKeySequence("Ctrl+U"))
+        act_url.triggered.connect(self._open_url_dialog)
+        file_menu.addAction(act_url)
+        act_repo = QAction("Open repository…", self)
+        act_repo.setToolTip("the latest exposure of a repository; then ◀ ▶ step through it")
+        act_repo.setShortcut(QKeySequence("Ctrl+Shift+R"))
+        act_repo.triggered.connect(self._open_repository_dialog)
+        file_menu.addAction(act_repo)
+        file_menu.addSeparator()
         act_png = QAction("Export view as PNG…", self)
         act_png.triggered.connect(self._export_dialog)
-        self.menuBar().addMenu("&File").addAction(act_png)
+        file_menu.addAction(act_png)
+        self.progress_label.setText(
+            "no exposure: File → Open exposure…, Open URL… or Open repository…"
+        )
 
     def _combo(self, tb: QToolBar, label: str, items, current: str, field: str) -> QComboBox:
         tb.addWidget(QLabel(f" {label} ", self))
@@ -410,6 +428,43 @@ class ViewerWindow(QMainWindow):
         path = QFileDialog.getExistingDirectory(self, "Open an exposure (.zarr)")
         if path:
             self.open(path)
+
+    def _open_url_dialog(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        url, ok = QInputDialog.getText(
+            self, "Open", "exposure path or URL (http://host:port/OBSID.zarr, s3://...):"
+        )
+        if ok and url.strip():
+            self.open(url.strip())
+
+    def _open_repository_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a repository (folder of .zarr)")
+        if path:
+            self.open_repository(path)
+
+    def open_repository(self, repo: str | os.PathLike) -> None:
+        """Open the latest exposure of a repository (folder or URL), listed on a worker."""
+        repo = os.fspath(repo)
+        self.progress_label.setText(f"listing {repo}")
+        self.runner.submit(
+            "io",
+            list_exposures,
+            repo,
+            on_done=lambda names: self._open_latest(repo, names),
+            on_error=lambda e: self._repository_error(f"cannot list {repo}: {e}"),
+        )
+
+    def _open_latest(self, repo: str, names: list[str]) -> None:
+        if not names:
+            self._repository_error(f"no exposures in {repo}")
+            return
+        self.open(join_repository(repo, names[-1]))
+
+    def _repository_error(self, msg: str) -> None:
+        self.progress_label.setText(msg)
+        self.statusBar().showMessage(msg, 10000)
+        self.open_failed.emit(msg)
 
     def open(self, url: str | os.PathLike) -> None:
         """Open an exposure (path or URL); returns at once, the work is on a worker."""

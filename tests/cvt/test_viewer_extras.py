@@ -145,3 +145,75 @@ def pg_point(x, y):
     from PySide6.QtCore import QPointF
 
     return QPointF(x, y)
+
+
+def test_an_empty_window_opens_an_exposure_or_a_repository(viewer, qtbot, sim_exposure, tmp_path):
+    import shutil
+
+    path, _ = sim_exposure
+    w = viewer()
+    texts = [a.text() for a in w.file_menu.actions() if a.text()]
+    assert texts[:3] == ["Open exposure…", "Open URL…", "Open repository…"]
+    assert "File → Open exposure…" in w.progress_label.text()
+    w.view.hovered.emit(10.0, 10.0)  # nothing open: no readout, no error
+    assert w.status_text == "" and w.layout is None
+    w.compare.open(tmp_path / "nothing.zarr")  # comparing before A is open is harmless too
+    # a repository: its latest exposure
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for seq in (1, 2):
+        shutil.copytree(path, repo / f"MC_O_20261125_00000{seq}.zarr")
+    with qtbot.waitSignal(w.opened, timeout=20000):
+        w.open_repository(repo)
+    assert w.url.endswith("MC_O_20261125_000002.zarr")
+    wait_settled(qtbot, w)
+    # an empty folder, or none at all, says so
+    (tmp_path / "empty").mkdir()
+    for bad, said in ((tmp_path / "empty", "no exposures in"), (tmp_path / "none", "cannot list")):
+        with qtbot.waitSignal(w.open_failed, timeout=10000) as failed:
+            w.open_repository(bad)
+        assert said in failed.args[0] and str(bad) in failed.args[0]
+        assert str(bad) in w.statusBar().currentMessage()
+    assert w.url.endswith("MC_O_20261125_000002.zarr")  # what was open stays open
+
+
+def test_cvt_view_without_a_path_runs_an_empty_window(qapp):
+    """What the desktop entry runs: ``cvt view`` with no argument, in this process, closed
+    from the event loop once it is up."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from cvt.cli import main
+    from cvt.viewer.window import ViewerWindow
+
+    seen = {}
+
+    def look_and_close():
+        wins = [x for x in QApplication.topLevelWidgets() if isinstance(x, ViewerWindow)]
+        seen["windows"] = len(wins)
+        if wins:
+            seen["shown"] = wins[0].isVisible()
+            seen["title"] = wins[0].windowTitle()
+            seen["hint"] = wins[0].progress_label.text()
+            wins[0].close()
+        qapp.quit()
+
+    QTimer.singleShot(300, look_and_close)
+    assert main(["view"]) == 0
+    assert seen == {
+        "windows": 1,
+        "shown": True,
+        "title": "CVT",
+        "hint": "no exposure: File → Open exposure…, Open URL… or Open repository…",
+    }
+    QApplication.processEvents()
+
+
+def test_cvt_view_options_that_need_an_exposure(tmp_path):
+    from tests.cvt.test_viewer import _cvt
+
+    res = _cvt("view", "--screenshot", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and "need an exposure" in res.stderr
+    res = _cvt("view", "--help")
+    assert res.returncode == 0 and "[PATH_OR_URL]" in res.stdout and "--compare" in res.stdout
+    assert "O overscan" in res.stdout and "open a repository" in res.stdout
