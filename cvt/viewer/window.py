@@ -260,6 +260,8 @@ class ViewerWindow(QMainWindow):
             dock.hide()
         self.menuBar().hide()
         self.statusBar().hide()
+        # a pane's window-wide shortcuts would clash with the outer window's own
+        self.removeAction(self.overscan.action)
 
     # ------------------------------------------------------------------ UI
 

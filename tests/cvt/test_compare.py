@@ -104,6 +104,9 @@ def test_blink_swaps_a_and_b_in_the_same_view(viewer, qtbot, sim_exposure, sim_e
     w.view.setFocus()
     QTest.keyClick(w.view, Qt.Key.Key_B)
     assert w.compare.shown == "A"
+    QTest.keyClick(w.view, Qt.Key.Key_O)  # B's pane has no shortcut of its own to clash with
+    assert w.overscan.shown and not b.overscan.shown
+    w.overscan.set_shown(False)
     w.compare.set_interval(0.1)
     w.compare.set_auto_blink(True)
     seen = set()
