@@ -9,7 +9,10 @@ BENCHMARKS = {
     "ingest": ("bench_ingest", "ingest per CCD against an astropy+numpy baseline; full exposures"),
     "detect": ("bench_detect", "source detection against SEP on simulated fields with known truth"),
     "view": ("bench_view", "viewer: time to first frame, GUI stalls, tiles/s, memory"),
-    "watch": ("bench_watch", "cvt watch on a simulated night dripped at the camera's pace: latency"),
+    "watch": (
+        "bench_watch",
+        "cvt watch on a simulated night dripped at the camera's pace: latency",
+    ),
     "remote": ("bench_remote", "over HTTP with latency: first frame, zoomed viewport, requests"),
 }
 

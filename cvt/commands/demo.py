@@ -23,19 +23,35 @@ def default_dir() -> Path:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dir", type=Path, default=None, help=f"cache folder (default {default_dir()})")
-    parser.add_argument("--detectors", nargs="*", default=None,
-                        help="simulate only these detectors (default: all 205)")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help=f"cache folder (default {default_dir()})"
+    )
+    parser.add_argument(
+        "--detectors",
+        nargs="*",
+        default=None,
+        help="simulate only these detectors (default: all 205)",
+    )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--no-view", action="store_true", help="stop after the ingest")
     parser.add_argument("--keep-raw", action="store_true", help="keep the simulated raw files")
     parser.add_argument("--fresh", action="store_true", help="make the exposure again")
-    parser.add_argument("--screenshot", type=Path, default=None,
-                        help="write a picture of the viewer instead of opening a window")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        default=None,
+        help="write a picture of the viewer instead of opening a window",
+    )
 
 
-def prepare(folder: Path, detectors=None, seed: int = 2026, keep_raw: bool = False,
-            fresh: bool = False, echo=print) -> Path:
+def prepare(
+    folder: Path,
+    detectors=None,
+    seed: int = 2026,
+    keep_raw: bool = False,
+    fresh: bool = False,
+    echo=print,
+) -> Path:
     """The demo exposure's store, made on first use."""
     from core.simulate import simulate_exposure
 
@@ -48,11 +64,14 @@ def prepare(folder: Path, detectors=None, seed: int = 2026, keep_raw: bool = Fal
         return repo / f"{existing[-1]}.zarr"
     raw = folder / "raw"
     n = len(detectors) if detectors else 205
-    echo(f"simulating an LSSTCam science exposure: {n} CCDs with stars, cosmic rays and injected "
-         f"faults (seed {seed}) into {raw} ...")
+    echo(
+        f"simulating an LSSTCam science exposure: {n} CCDs with stars, cosmic rays and injected "
+        f"faults (seed {seed}) into {raw} ..."
+    )
     t = time.perf_counter()
-    sim = simulate_exposure(raw, camera="LSSTCam", detectors=detectors, seed=seed,
-                            image_type="science")
+    sim = simulate_exposure(
+        raw, camera="LSSTCam", detectors=detectors, seed=seed, image_type="science"
+    )
     echo(f"  {len(sim.files)} raw files in {time.perf_counter() - t:.1f} s")
     echo("ingesting (ISR, assembly, pyramids, metrics, sources) ...")
     reports, _ = ingest([raw], repo, progress=Progress())
@@ -69,12 +88,16 @@ def prepare(folder: Path, detectors=None, seed: int = 2026, keep_raw: bool = Fal
 def describe(path: Path, echo=print) -> None:
     exp = open_exposure(path)
     a = exp.attrs
-    echo(f"\n{a['obsid']}: {a['camera']} {a['image_type']} {a['exposure_time']} s, "
-         f"{len(exp.detector_names)} detectors, written by cvt {a['software_version']}")
+    echo(
+        f"\n{a['obsid']}: {a['camera']} {a['image_type']} {a['exposure_time']} s, "
+        f"{len(exp.detector_names)} detectors, written by cvt {a['software_version']}"
+    )
     echo(f"  store: {path}")
     metrics = exp.table("metrics")
     if metrics:
-        echo(f"  per-amp metrics: {len(next(iter(metrics.values())))} amps x {len(metrics)} columns")
+        echo(
+            f"  per-amp metrics: {len(next(iter(metrics.values())))} amps x {len(metrics)} columns"
+        )
     sources = exp.table("sources")
     if sources:
         echo(f"  sources detected: {len(next(iter(sources.values())))}")

@@ -1,4 +1,4 @@
-"""``cvt view PATH_OR_URL``: the focal-plane viewer.
+"""``cvt view [PATH_OR_URL]``: the focal-plane viewer (no path: an empty window, File > Open).
 
 With ``--screenshot FILE.png`` it renders offscreen, writes the picture once every tile the view
 needs is drawn, and exits 0; an exposure that cannot be read exits 2 with the reason.
@@ -11,10 +11,38 @@ import sys
 
 from cvt.display import COLORMAPS, LIMIT_MODES, SCOPES, STRETCHES
 
+EPILOG = """\
+keys: wheel or +/- zoom, drag or arrows pan, F fit; B blink A/B, Shift+B auto-blink,
+Ctrl+B side by side; O overscan dock; Ctrl+O open an exposure, Ctrl+U open a URL,
+Ctrl+Shift+R open a repository (its latest exposure), Ctrl+Left/Right/L previous/next/latest.
+menus: File (Open exposure / URL / repository, Export view as PNG), View (histogram, health,
+FITS header, Show overscan), Compare (Compare with exposure / URL, Blink, Auto-blink, interval,
+Side by side, Stop comparing). The status bar reads out the focal-plane position,
+raft/CCD/amp, CCD and amp pixel, corrected and raw ADU, and RA/Dec where the headers allow.
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("exposure", metavar="PATH_OR_URL", help="an exposure store (.zarr)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument(
+        "exposure",
+        metavar="PATH_OR_URL",
+        nargs="?",
+        help="an exposure store (.zarr); without it, an empty window (File > Open)",
+    )
     parser.add_argument("--screenshot", metavar="FILE.png", help="write the view and exit")
+    parser.add_argument(
+        "--compare",
+        metavar="PATH_OR_URL",
+        help="a second exposure B to blink against (key B) or show side by side (Ctrl+B)",
+    )
+    parser.add_argument(
+        "--blink",
+        type=float,
+        metavar="S",
+        help="with --compare: blink A and B every S seconds",
+    )
     parser.add_argument("--goto", metavar="NAME", help="show R22_S11 or R22_S11_C07")
     parser.add_argument("--overlay", metavar="METRIC", help="per-amp heat map of a metric")
     parser.add_argument("--size", metavar="WxH", help="view size (screenshot) or window size")
@@ -38,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"cvt view: {exc}", file=sys.stderr)
             return 2
+    if args.exposure is None and (args.screenshot or args.compare or args.goto or args.overlay):
+        print(
+            "cvt view: --screenshot, --compare, --goto and --overlay need an exposure",
+            file=sys.stderr,
+        )
+        return 2
+    if args.blink is not None and not (args.compare and 0.05 <= args.blink <= 600):
+        print("cvt view: --blink S needs --compare and 0.05 <= S <= 600", file=sys.stderr)
+        return 2
     settings = {
         k: getattr(args, k)
         for k in ("stretch", "limits", "scope", "cmap")
@@ -46,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     return run_view(
         args.exposure,
         screenshot=args.screenshot,
+        compare=args.compare,
+        blink=args.blink,
         goto=args.goto,
         overlay=args.overlay,
         size=size,

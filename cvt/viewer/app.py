@@ -38,9 +38,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def run_view(
-    url: str,
+    url: str | None,
     *,
     screenshot: str | None = None,
+    compare: str | None = None,
+    blink: float | None = None,
     goto: str | None = None,
     overlay: str | None = None,
     size: tuple[int, int] | None = None,
@@ -48,7 +50,7 @@ def run_view(
     tile_budget_mb: int | None = None,
     timeout: float = 120.0,
 ) -> int:
-    """Open ``url`` in a window. With ``screenshot``: render offscreen, write the PNG once every
+    """Open ``url`` in a window (none: an empty window, File > Open). With ``screenshot``: render offscreen, write the PNG once every
     needed tile is drawn, and return 0 (2 if the exposure cannot be read, 1 on a timeout)."""
     ensure_platform(offscreen=screenshot is not None)
     app = application()
@@ -78,6 +80,11 @@ def run_view(
         QTimer.singleShot(0, app.quit)  # also right if the event loop has not started yet
 
     def on_opened(exposure) -> None:
+        if compare and w.compare.other is None:
+            w.compare.open(compare)
+            if blink:
+                w.compare.set_interval(blink)
+                w.compare.opened.connect(lambda _: w.compare.set_auto_blink(True))
         if goto and not w.goto(goto, animate=False):
             fail(f"{exposure.obsid} has no detector or amp {goto!r}", 2)
             return
@@ -99,8 +106,11 @@ def run_view(
             return
         if not state["tables"] or not w.is_settled():
             return
+        other = w.compare.other if compare else None
+        if compare and (other is None or other.exposure is None or not other.is_settled()):
+            return
         app.processEvents()
-        image = w.view.grab()
+        image = (w.centralWidget() if compare else w.view).grab()
         if not image.save(screenshot, "PNG"):
             fail(f"cannot write {screenshot}", 1)
             return
@@ -109,12 +119,18 @@ def run_view(
         w.close()
         QTimer.singleShot(0, app.quit)
 
+    if compare:
+        w.compare.opened.connect(lambda _: w.compare.other.settled.connect(maybe_write))
+        if screenshot is not None:
+            w.compare.set_mode("side")
+            w.compare.failed.connect(lambda msg: fail(msg, 2))
     w.opened.connect(on_opened)
     w.open_failed.connect(lambda msg: fail(f"cannot open {url}: {msg}", 2))
     w.tables_loaded.connect(on_tables)
     w.settled.connect(maybe_write)
     w.show()
-    QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
+    if url is not None:
+        QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
     if screenshot is not None:
         t0 = time.monotonic()
         # a scripted run must end: if even the event loop is stuck, print every thread's stack

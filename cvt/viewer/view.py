@@ -97,6 +97,18 @@ class FocalPlaneView(pg.GraphicsView):
             QRectF(rect[0], rect[1], rect[2] - rect[0], rect[3] - rect[1]), padding=0.0
         )
 
+    def center_scale(self) -> tuple[float, float, float]:
+        """(centre x, centre y, focal-plane pixels per screen pixel): what two linked views
+        share when their widgets differ in size."""
+        x0, y0, x1, y1 = self.view_rect()
+        return (x0 + x1) / 2, (y0 + y1) / 2, self.pixel_size()
+
+    def set_center_scale(self, cx: float, cy: float, px: float) -> None:
+        """Show ``(cx, cy)`` at the centre, ``px`` focal-plane pixels per screen pixel."""
+        w = max(1.0, float(self.viewport().width())) * px / 2
+        h = max(1.0, float(self.viewport().height())) * px / 2
+        self.set_rect((cx - w, cy - h, cx + w, cy + h))
+
     def fit(self, animate: bool = False) -> None:
         self.fly_to(self.extent, animate=animate, margin=0.02)
 

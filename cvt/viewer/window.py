@@ -57,7 +57,9 @@ from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
+from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
+from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
 from cvt.viewer.view import FocalPlaneView
@@ -155,6 +157,8 @@ class ViewerWindow(QMainWindow):
     settled = Signal()  # every needed tile is in and drawn with the current stretch
     health_done = Signal(object)
     tables_loaded = Signal()
+    settings_changed = Signal(object)  # the new DisplaySettings
+    status_changed = Signal(str)  # the hover readout
 
     def __init__(
         self,
@@ -163,9 +167,11 @@ class ViewerWindow(QMainWindow):
         io_threads: int = 4,
         cpu_threads: int = 2,
         animate: bool = True,
+        embedded: bool = False,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
+        self.embedded = embedded  # a pane of another window (the compare view): no chrome
         # worker threads run Python too: hand the interpreter lock back to the GUI thread
         # within a millisecond, not the default five, so that a frame never queues behind them
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
@@ -206,6 +212,7 @@ class ViewerWindow(QMainWindow):
         self._first_frame_at: float | None = None
         self._settled_emitted = False
         self._opening = False
+        self.sky = None  # (BoresightWcs or None, why not) of the exposure, once known
         self.metrics: dict = {}
         self.sources: dict = {}
         self._source_xy = None
@@ -235,7 +242,26 @@ class ViewerWindow(QMainWindow):
         self.loader.tile_loaded.connect(self._on_tile)
         self.loader.tile_read.connect(self._on_tile_read)
         self.loader.resident_loaded.connect(self._on_resident)
-        self.resize(1200, 900)
+        self.compare = None
+        if embedded:
+            self._strip_chrome()
+        else:
+            from cvt.viewer.compare import CompareController
+
+            self.compare = CompareController(self)
+            self.resize(1200, 900)
+
+    def _strip_chrome(self) -> None:
+        """A pane inside another window: the view alone; that window's controls drive it."""
+        self.setWindowFlags(Qt.WindowType.Widget)
+        for tb in self.findChildren(QToolBar):
+            tb.hide()
+        for dock in (self.hist_dock, self.health_dock, self.header_dock, self.overscan.dock):
+            dock.hide()
+        self.menuBar().hide()
+        self.statusBar().hide()
+        # a pane's window-wide shortcuts would clash with the outer window's own
+        self.removeAction(self.overscan.action)
 
     # ------------------------------------------------------------------ UI
 
@@ -324,13 +350,33 @@ class ViewerWindow(QMainWindow):
         self.progress_label = QLabel("", self)
         self.statusBar().addWidget(self.hover_label, 1)
         self.statusBar().addPermanentWidget(self.progress_label)
+        self.overscan = OverscanDock(self)
         menu = self.menuBar().addMenu("&View")
         menu.addAction(self.hist_dock.toggleViewAction())
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
+        menu.addAction(self.overscan.action)
+        file_menu = self.menuBar().addMenu("&File")
+        self.file_menu = file_menu
+        act_open_menu = QAction("Open exposure…", self)
+        act_open_menu.triggered.connect(self._open_dialog)
+        file_menu.addAction(act_open_menu)
+        act_url = QAction("Open URL…", self)
+        act_url.setShortcut(QKeySequence("Ctrl+U"))
+        act_url.triggered.connect(self._open_url_dialog)
+        file_menu.addAction(act_url)
+        act_repo = QAction("Open repository…", self)
+        act_repo.setToolTip("the latest exposure of a repository; then ◀ ▶ step through it")
+        act_repo.setShortcut(QKeySequence("Ctrl+Shift+R"))
+        act_repo.triggered.connect(self._open_repository_dialog)
+        file_menu.addAction(act_repo)
+        file_menu.addSeparator()
         act_png = QAction("Export view as PNG…", self)
         act_png.triggered.connect(self._export_dialog)
-        self.menuBar().addMenu("&File").addAction(act_png)
+        file_menu.addAction(act_png)
+        self.progress_label.setText(
+            "no exposure: File → Open exposure…, Open URL… or Open repository…"
+        )
 
     def _combo(self, tb: QToolBar, label: str, items, current: str, field: str) -> QComboBox:
         tb.addWidget(QLabel(f" {label} ", self))
@@ -385,6 +431,43 @@ class ViewerWindow(QMainWindow):
         if path:
             self.open(path)
 
+    def _open_url_dialog(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        url, ok = QInputDialog.getText(
+            self, "Open", "exposure path or URL (http://host:port/OBSID.zarr, s3://...):"
+        )
+        if ok and url.strip():
+            self.open(url.strip())
+
+    def _open_repository_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a repository (folder of .zarr)")
+        if path:
+            self.open_repository(path)
+
+    def open_repository(self, repo: str | os.PathLike) -> None:
+        """Open the latest exposure of a repository (folder or URL), listed on a worker."""
+        repo = os.fspath(repo)
+        self.progress_label.setText(f"listing {repo}")
+        self.runner.submit(
+            "io",
+            list_exposures,
+            repo,
+            on_done=lambda names: self._open_latest(repo, names),
+            on_error=lambda e: self._repository_error(f"cannot list {repo}: {e}"),
+        )
+
+    def _open_latest(self, repo: str, names: list[str]) -> None:
+        if not names:
+            self._repository_error(f"no exposures in {repo}")
+            return
+        self.open(join_repository(repo, names[-1]))
+
+    def _repository_error(self, msg: str) -> None:
+        self.progress_label.setText(msg)
+        self.statusBar().showMessage(msg, 10000)
+        self.open_failed.emit(msg)
+
     def open(self, url: str | os.PathLike) -> None:
         """Open an exposure (path or URL); returns at once, the work is on a worker."""
         self.url = os.fspath(url)
@@ -434,8 +517,24 @@ class ViewerWindow(QMainWindow):
         self.runner.submit(
             "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
         )
+        self.sky = None
+        self.runner.submit(
+            "io",
+            sky_of,
+            exposure,
+            images,
+            on_done=self._on_sky,
+            on_error=lambda e: self._on_sky((None, f"header unreadable: {e}")),
+        )
         self.opened.emit(exposure)
         self._refresh()
+        self.overscan.reset()
+
+    def _on_sky(self, sky) -> None:
+        self.sky = sky
+        loc = self._hover_loc
+        if loc is not None and self.status_text:
+            self._set_status(self._hover_text(loc))
 
     def navigate(self, step: int) -> None:
         """Open the previous (-1), next (+1) or latest (0) exposure of the same repository
@@ -654,6 +753,8 @@ class ViewerWindow(QMainWindow):
         elif stage == "cmap":
             self._set_colour_map(new.cmap)
         self._schedule_settle_check()
+        if stage is not None:
+            self.settings_changed.emit(new)
 
     def _set_colour_map(self, name: str) -> None:
         """The colour stage: re-colour the index images in memory (workers); no read, no
@@ -1065,13 +1166,15 @@ class ViewerWindow(QMainWindow):
         if loc.detector and not loc.absent:
             self._request_pixel(loc.detector, loc.row, loc.col)
             self._request_header()
+            self.overscan.follow(loc.detector)
 
     def _hover_text(self, loc, exact: dict | None = None) -> str:
         parts = [f"fp ({loc.fx:.1f}, {loc.fy:.1f})"]
+        sky = sky_text(self.sky, loc.fx, loc.fy)
         if loc.detector is None:
-            return parts[0]
+            return "   ".join([parts[0], sky]).rstrip()
         if loc.absent:
-            return f"{parts[0]}  {loc.detector}: not in this exposure"
+            return f"{parts[0]}  {loc.detector}: not in this exposure   {sky}".rstrip()
         raft, slot = loc.detector.split("_")
         parts.append(f"{raft} {slot} {loc.amp or '-'}")
         parts.append(f"ccd ({loc.ccd_x}, {loc.ccd_y})")
@@ -1089,6 +1192,8 @@ class ViewerWindow(QMainWindow):
                 f"value {v:.6g}"
                 + ("" if level == 0 else f" (mean of {2**level}x{2**level}; exact…)")
             )
+        if sky:
+            parts.append(sky)
         return "   ".join(parts)
 
     def _shown_value(self, loc):
@@ -1134,6 +1239,7 @@ class ViewerWindow(QMainWindow):
     def _set_status(self, text: str) -> None:
         self.status_text = text
         self.hover_label.setText(text)
+        self.status_changed.emit(text)
 
     def _request_header(self) -> None:
         loc = self._hover_loc
@@ -1180,6 +1286,8 @@ class ViewerWindow(QMainWindow):
         if self._closing:
             return
         self._closing = True
+        if self.compare is not None:
+            self.compare.shutdown()
         for t in (self._restretch_timer, self._settle_timer):
             t.stop()
         self.view._fly.stop()

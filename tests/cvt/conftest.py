@@ -117,3 +117,26 @@ def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
         k: np.asarray(v, dtype=object if k in ("detector", "amp") else float)
         for k, v in cols.items()
     }
+
+
+@pytest.fixture(scope="session")
+def sim_exposure_b(tmp_path_factory):
+    """The exposure of ``sim_exposure`` again (same seed, same pixels amp by amp), except that
+    the dead amp is R22_S11_C12 instead of R22_S11_C03: (store path, truth dict)."""
+    simulate = pytest.importorskip("core.simulate")
+    from core.ingest import ingest
+
+    root = tmp_path_factory.mktemp("viewer-sim-b")
+    raw, repo = root / "raw", root / "repo"
+    faults = [
+        simulate.Fault("R22_S11", "C12", "dead_amp"),
+        simulate.Fault("R22_S11", "C14", "hot_column"),
+        simulate.Fault("R22_S12", "C05", "noisy_amp", {"factor": 5.0}),
+    ]
+    sim = simulate.simulate_exposure(
+        raw, detectors=list(SIM_DETECTORS), seed=7, image_type="science", faults=faults, workers=1
+    )
+    reports, bad = ingest([raw], repo, workers=1)
+    assert not bad and reports and reports[0].ok, (bad, reports)
+    truth = json.loads(Path(sim.truth_path).read_text())
+    return reports[0].path, truth
