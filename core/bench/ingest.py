@@ -314,6 +314,16 @@ def run(
                         f"{uncompressed / wall / 1e9:.2f} GB/s of raw pixels)",
                     )
                 )
+                n = max(len(rep.detectors), 1)
+                stages = ", ".join(
+                    f"{k} {1e3 * v / n:.0f}"
+                    for k, v in rep.timings.items()
+                    if k not in ("wall", "process") and not k.startswith("overview_")
+                )
+                echo(Row("worker time per CCD (ms)", stages))
+                results[f"full_{label}"]["stages_ms_per_ccd"] = {
+                    k: 1e3 * v / n for k, v in rep.timings.items() if k != "wall"
+                }
                 echo(Row("raw files on disk", f"{raw_bytes / 1e9:7.2f} GB"))
                 echo(
                     Row(
