@@ -102,6 +102,13 @@ def freeze_heap() -> None:
     _heap_frozen = True
 
 
+def freeze_startup() -> None:
+    """Before the first open: the modules and Qt objects alive since start-up (parsing the
+    exposure's metadata otherwise set off a 50-90 ms full collection of them)."""
+    if not _heap_frozen and not gc.get_freeze_count():
+        gc.freeze()
+
+
 def _open(url: str):
     """Worker: open the exposure and work out its layout (metadata only)."""
     exposure = open_exposure(url)
@@ -495,6 +502,7 @@ class ViewerWindow(QMainWindow):
         self._first_frame_at = None
         self._settled_emitted = False
         self._opening = True
+        freeze_startup()
         self.progress_label.setText(f"opening {self.url}")
         self.runner.submit(
             "io", _open, self.url, on_done=self._on_opened, on_error=self._on_open_error
