@@ -295,7 +295,9 @@ def _to_index(t: np.ndarray) -> np.ndarray:
     """[0, 1] (float32, modified in place) to index 1..255; NaN to 0."""
     t *= np.float32(N_COLOURS - 1)
     t += np.float32(1.5)
-    np.nan_to_num(t, copy=False, nan=0.0)
+    # not np.nan_to_num: a dozen Python-level numpy calls, which held the interpreter lock in
+    # the workers while the GUI thread waited for it
+    np.copyto(t, np.float32(0.0), where=np.isnan(t))
     return t.astype(np.uint8)
 
 

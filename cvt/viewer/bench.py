@@ -3,15 +3,20 @@
 What it reports: the time from ``open()`` to the whole focal plane on screen, the longest
 GUI-thread stall (a 5 ms ``QTimer`` heartbeat; the largest gap between its ticks), with the GUI
 thread's own CPU time in the gaps (on a loaded machine a gap also holds time the thread was not
-scheduled, or waited for the interpreter lock), tiles read per second while tiles were wanted,
-and the peak resident memory. Each step waits until every
+scheduled, or waited for the interpreter lock), what each gap over 50 ms was (the GUI thread
+busy, waiting for a core, or waiting for the interpreter lock, of which garbage collection),
+with the CPU time of the workers and of other processes in it, tiles read per second while
+tiles were wanted, and the peak resident memory. Each step waits until every
 tile the view needs is drawn (``ViewerWindow.is_settled``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -46,14 +51,89 @@ class BenchResult:
     cache_mb: float = 0.0
     budget_mb: float = 0.0
     error: str | None = None
+    long_gaps: list = field(default_factory=list)  # Gap, longer than LONG_GAP_MS
+    gc_ms: float = 0.0  # garbage collection, all threads, during the session
+    gc_max_ms: float = 0.0
+    gc_max_where: tuple = (0.0, "")  # when (s) and on which thread
 
     @property
     def tiles_per_s(self) -> float:
         return self.tiles / self.tile_seconds if self.tile_seconds > 0 else 0.0
 
 
+LONG_GAP_MS = 50.0  # the target: gaps longer than this are accounted for one by one
+
+
+@dataclass
+class Gap:
+    """One heartbeat gap, accounted for: where the GUI thread's time went (ms).
+
+    ``busy``: the GUI thread ran (its own CPU time). ``core``: it was runnable but waited for a
+    core (Linux ``schedstat`` run delay). ``gil``: neither, so it was blocked: past its timer,
+    that is waiting for the interpreter lock held by another thread; ``gc`` is the part of the
+    gap some thread spent in a garbage collection (which holds the lock). ``workers``: CPU time
+    of this process's other threads; ``others``: CPU time of other processes on the machine
+    (``/proc/stat``, 10 ms resolution)."""
+
+    at: float  # seconds since the heartbeat started
+    ms: float
+    busy: float
+    core: float
+    gil: float
+    gc: float
+    workers: float
+    others: float
+
+    @property
+    def kind(self) -> str:
+        """What most of the gap was: GUI busy, waiting for a core, garbage collection, or
+        waiting for the interpreter lock held by a worker."""
+        lock = max(self.gil - self.gc, 0.0)
+        parts = {"GUI busy": self.busy, "waiting for a core": self.core, "GC": self.gc,
+                 "GIL (workers)": lock}  # fmt: skip
+        return max(parts, key=parts.get)
+
+    def line(self) -> str:
+        return (
+            f"{self.ms:6.1f} ms at {self.at:6.2f} s: {self.kind:<18s} busy {self.busy:5.1f}, "
+            f"core wait {self.core:5.1f}, lock wait {self.gil:5.1f} (GC {self.gc:5.1f}); "
+            f"CPU of workers {self.workers:5.1f}, of other processes {self.others:5.1f}"
+        )
+
+
+class _ProcClock:
+    """The GUI thread's run delay and the machine's busy CPU time (Linux /proc), or zeros."""
+
+    def __init__(self):
+        self._sched = self._stat = None
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        with contextlib.suppress(OSError, AttributeError):
+            self._sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)  # this thread
+            self._stat = os.open("/proc/stat", os.O_RDONLY)
+
+    def run_delay(self) -> float:
+        if self._sched is None:
+            return 0.0
+        return int(os.pread(self._sched, 128, 0).split()[1]) / 1e9
+
+    def machine_busy(self) -> float:
+        if self._stat is None:
+            return 0.0
+        v = [int(x) for x in os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()[1:]]
+        return (sum(v) - v[3] - v[4]) / self._tick  # all but idle and iowait
+
+    def close(self) -> None:
+        for fd in (self._sched, self._stat):
+            if fd is not None:
+                os.close(fd)
+        self._sched = self._stat = None
+
+
 class Heartbeat:
-    """Ticks every 5 ms on the GUI thread; the gaps between ticks are the stalls."""
+    """Ticks every 5 ms on the GUI thread; the gaps between ticks are the stalls. Each gap is
+    split into the GUI thread's own CPU time and the rest (on a loaded machine a gap also holds
+    time the thread was not scheduled, or waited for the interpreter lock); gaps longer than
+    ``LONG_GAP_MS`` are accounted for in full (``Gap``)."""
 
     def __init__(self):
         from PySide6.QtCore import Qt, QTimer
@@ -66,20 +146,65 @@ class Heartbeat:
         self.last_cpu = 0.0
         self.gaps: list[float] = []
         self.cpu: list[float] = []  # the GUI thread's own CPU time within each gap
+        self.long: list[Gap] = []
+        self._clock: _ProcClock | None = None
+        self._gc_total = 0.0
+        self._gc_t0 = 0.0
+        self.gc_max = 0.0
+        self.gc_max_where = (0.0, "")
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._gc_t0
+            self._gc_total += dt
+            if dt > self.gc_max:
+                self.gc_max = dt
+                self.gc_max_where = (self._gc_t0 - self.t0, threading.current_thread().name)
+
+    def _sample(self) -> tuple:
+        c = self._clock
+        return (time.process_time(), c.run_delay(), c.machine_busy(), self._gc_total)
 
     def start(self) -> None:
-        self.last = time.perf_counter()
+        self._clock = _ProcClock()  # on the GUI thread: its schedstat
+        gc.callbacks.append(self._gc)
+        self.t0 = self.last = time.perf_counter()
         self.last_cpu = time.thread_time()
+        self._last_sample = self._sample()
         self.timer.start()
 
     def stop(self) -> None:
         self.timer.stop()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._gc)
+        if self._clock is not None:
+            self._clock.close()
 
     def _tick(self) -> None:
         now, cpu = time.perf_counter(), time.thread_time()
-        self.gaps.append(now - self.last)
-        self.cpu.append(cpu - self.last_cpu)
-        self.last, self.last_cpu = now, cpu
+        sample = self._sample()
+        gap, busy = now - self.last, cpu - self.last_cpu
+        self.gaps.append(gap)
+        self.cpu.append(busy)
+        if gap * 1e3 > LONG_GAP_MS:
+            (p0, r0, m0, g0), (p1, r1, m1, g1) = self._last_sample, sample
+            core = r1 - r0
+            own = p1 - p0
+            self.long.append(
+                Gap(
+                    at=self.last - self.t0,
+                    ms=gap * 1e3,
+                    busy=busy * 1e3,
+                    core=core * 1e3,
+                    gil=max(0.0, gap - HEARTBEAT_MS / 1e3 - busy - core) * 1e3,
+                    gc=min(g1 - g0, gap) * 1e3,
+                    workers=max(0.0, own - busy) * 1e3,
+                    others=max(0.0, (m1 - m0) - own) * 1e3,
+                )
+            )
+        self.last, self.last_cpu, self._last_sample = now, cpu, sample
 
     def mark(self) -> int:
         return len(self.gaps)
@@ -195,6 +320,9 @@ def run_bench(
     result.max_busy_ms = busy[-1] * 1e3 if busy else 0.0
     result.p99_busy_ms = busy[int(0.99 * (len(busy) - 1))] * 1e3 if busy else 0.0
     result.load = os.getloadavg()
+    result.long_gaps = list(beat.long)
+    result.gc_ms, result.gc_max_ms = beat._gc_total * 1e3, beat.gc_max * 1e3
+    result.gc_max_where = beat.gc_max_where
     result.tiles = w.loader.reads
     result.tile_seconds = tile_time + (result.settled_s or 0.0)
     result.cache_mb = w.cache.nbytes / 2**20
@@ -217,12 +345,31 @@ def format_result(r: BenchResult) -> str:
             "machine load (1, 5, 15 min)",
             ", ".join(f"{x:.1f}" for x in r.load) + f" on {os.cpu_count()} cores",
         ),
+        ("gaps > 50 ms, by cause", _kinds(r.long_gaps)),
+        (
+            "garbage collection: total, longest",
+            f"{r.gc_ms:.0f} ms, {r.gc_max_ms:.1f} ms"
+            f" (at {r.gc_max_where[0]:.2f} s, {r.gc_max_where[1]})",
+        ),
         ("tiles read", f"{r.tiles}  ({r.tiles_per_s:.0f} tiles/s while loading)"),
         ("tile cache", f"{r.cache_mb:.0f} MB of {r.budget_mb:.0f} MB budget"),
         ("peak RSS", f"{r.peak_rss_mb:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}s}  {v}" for k, v in rows)
+    lines = [f"{k:<{width}s}  {v}" for k, v in rows]
+    if r.long_gaps:
+        lines.append("longest gaps (lock wait: off-CPU but not waiting for a core):")
+        lines += ["  " + g.line() for g in sorted(r.long_gaps, key=lambda g: -g.ms)[:5]]
+    return "\n".join(lines)
+
+
+def _kinds(gaps: list) -> str:
+    if not gaps:
+        return "none"
+    counts: dict[str, int] = {}
+    for g in gaps:
+        counts[g.kind] = counts.get(g.kind, 0) + 1
+    return f"{len(gaps)}: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
 
 
 def _step_line(s: Step) -> str:

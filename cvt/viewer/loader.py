@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import os
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -32,19 +33,41 @@ from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.stats import table_for, tile_samples
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey
 
+WORKER_NICE = 10  # scheduling priority of the worker threads, below the GUI thread's
+
+
+def worker_threads() -> int:
+    """Threads of each CPU-bound pool: one core is left to the GUI thread."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def lower_priority(nice: int = WORKER_NICE) -> None:
+    """Thread initialiser: run this worker thread at a lower priority than the GUI thread, so
+    that the GUI thread, when it wakes, gets a core at once instead of queueing behind decodes
+    and stretches. Linux schedules threads, so ``setpriority`` on a thread id affects that
+    thread alone; elsewhere this does nothing."""
+    with contextlib.suppress(AttributeError, OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
+
 
 class TaskRunner(QObject):
-    """Two thread pools whose results are delivered on the GUI thread."""
+    """Thread pools whose results are delivered on the GUI thread. Their threads run at a
+    lower priority than the GUI thread (``lower_priority``)."""
 
     _finished = Signal(object)
 
-    def __init__(self, io_threads: int = 4, cpu_threads: int = 2, parent: QObject | None = None):
+    def __init__(
+        self, io_threads: int = 4, cpu_threads: int | None = None, parent: QObject | None = None
+    ):
         super().__init__(parent)
+        cpu_threads = cpu_threads or worker_threads()
+        init = {"initializer": lower_priority}
         self.pools = {
-            "io": ThreadPoolExecutor(io_threads, thread_name_prefix="cvt-io"),
-            "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu"),
+            "io": ThreadPoolExecutor(io_threads, thread_name_prefix="cvt-io", **init),
+            "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu", **init),
             # what is about to be drawn never waits behind statistics or a health check
-            "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw"),
+            "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw", **init),
         }
         self._closed = False
         self._outstanding = 0

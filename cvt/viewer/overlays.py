@@ -1,6 +1,6 @@
 """Overlays, as a few scene items each drawing many things (not thousands of items).
 
-- ``OutlineLayer``: boxes (rafts, CCDs, amps) as one cosmetic-pen path.
+- ``OutlineLayer``: boxes (rafts, CCDs, amps) as one cosmetic-pen path, built once.
 - ``LabelLayer``: text at focal-plane points, a fixed screen size, each label shown only when
   the box it names is wide enough on screen (rafts far out, CCDs closer, amps close up).
 - ``RectLayer``: filled and/or outlined boxes, one colour each (the per-amp heat map, health
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPen
+from PySide6.QtGui import QBrush, QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject
 
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
@@ -39,6 +39,7 @@ class OutlineLayer(QGraphicsObject):
         self._boxes = np.empty((0, 4))
         self._box_size = 0.0
         self._bounds = QRectF()
+        self._path = QPainterPath()
 
     def set_boxes(self, boxes: Sequence[Rect]) -> None:
         self.prepareGeometryChange()
@@ -46,6 +47,9 @@ class OutlineLayer(QGraphicsObject):
         b = self._boxes
         self._box_size = float(np.median(b[:, 2] - b[:, 0])) if len(b) else 0.0
         self._bounds = _union(b)
+        self._path = QPainterPath()
+        for x0, y0, x1, y1 in b.tolist():
+            self._path.addRect(x0, y0, x1 - x0, y1 - y0)
         self.update()
 
     def boundingRect(self) -> QRectF:
@@ -55,11 +59,12 @@ class OutlineLayer(QGraphicsObject):
         scale = abs(painter.worldTransform().m11())
         if self.min_screen_px and scale * self._box_size < self.min_screen_px:
             return
-        rects = _visible(self._boxes, option.exposedRect)
-        if rects:
+        if len(self._boxes):
+            # one path built once: no Python per box in a frame (building thousands of
+            # QRectF per paint held the GUI thread, and the interpreter lock, 5-20 ms)
             painter.setPen(self.pen)
             painter.setBrush(Qt.BrushStyle.NoBrush)
-            painter.drawRects(rects)
+            painter.drawPath(self._path)
 
 
 def _union(b: np.ndarray) -> QRectF:
@@ -68,19 +73,6 @@ def _union(b: np.ndarray) -> QRectF:
     x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
     m = 0.01 * max(x1 - x0, y1 - y0)
     return QRectF(x0 - m, y0 - m, x1 - x0 + 2 * m, y1 - y0 + 2 * m)
-
-
-def _visible(b: np.ndarray, area: QRectF, limit: int = 5000) -> list[QRectF]:
-    """The boxes that intersect ``area``, as QRectF (at most ``limit``)."""
-    if not len(b):
-        return []
-    sel = np.flatnonzero(
-        (b[:, 0] < area.right())
-        & (b[:, 2] > area.left())
-        & (b[:, 1] < area.bottom())
-        & (b[:, 3] > area.top())
-    )[:limit]
-    return [QRectF(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in b[sel].tolist()]
 
 
 class LabelLayer(QGraphicsObject):
