@@ -13,7 +13,16 @@ from cvt.display import COLORMAPS, LIMIT_MODES, SCOPES, STRETCHES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("exposure", metavar="PATH_OR_URL", help="an exposure store (.zarr)")
+    parser.add_argument(
+        "exposure",
+        metavar="PATH_OR_URL",
+        help="an exposure store (.zarr); with --follow, a repository (folder or server URL)",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="show each new exposure of the repository as it is published (Ctrl+F pauses)",
+    )
     parser.add_argument("--screenshot", metavar="FILE.png", help="write the view and exit")
     parser.add_argument("--goto", metavar="NAME", help="show R22_S11 or R22_S11_C07")
     parser.add_argument("--overlay", metavar="METRIC", help="per-amp heat map of a metric")
@@ -52,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         tile_budget_mb=args.tile_budget,
         timeout=args.timeout,
+        follow=args.follow,
     )

@@ -1,8 +1,9 @@
 """Work off the GUI thread: a task runner and the tile loader.
 
 Threads (``ThreadPoolExecutor`` s): ``cvt-io-*`` (opening exposures, tile reads, pixel values,
-tables), ``cvt-cpu-*`` (statistics, transfers, health evaluation) and ``cvt-draw-*`` (the
-stretch and colour stages of tiles about to be drawn, never queued behind the others). Results
+tables), ``cvt-cpu-*`` (statistics, transfers, health evaluation), ``cvt-draw-*`` (the
+stretch and colour stages of tiles about to be drawn, never queued behind the others) and
+``cvt-follow-*`` (watching the repository, catalog queries: slow by nature, kept apart). Results
 come back to the GUI thread as Qt signals (queued connections: the receivers live in the GUI
 thread, the emitters run in the workers). Nothing here touches a widget.
 
@@ -45,6 +46,9 @@ class TaskRunner(QObject):
             "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu"),
             # what is about to be drawn never waits behind statistics or a health check
             "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw"),
+            # following a repository (a long-lived event stream, listings, catalog queries):
+            # never takes a tile reader's thread, whatever a slow server does
+            "follow": ThreadPoolExecutor(3, thread_name_prefix="cvt-follow"),
         }
         self._closed = False
         self._outstanding = 0
@@ -162,6 +166,9 @@ class TileLoader(QObject):
             self.epoch += 1
             self.exposure, self.images, self.layout = exposure, images, layout
             self.wanted = set()
+            # the transfers are per amp of the old layout: with another exposure's amps they
+            # would index out of range (and the read would never come back)
+            self.tables = {}
         self.cache.clear()
 
     def set_tables(self, tables: dict) -> None:
@@ -227,7 +234,10 @@ class TileLoader(QObject):
             self._in_flight.add(req.key)
             epoch, exposure, images, layout = self.epoch, self.exposure, self.images, self.layout
             self.reads += 1
-        tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
+        try:
+            tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
+        except Exception as exc:  # a response always comes back: the key must leave in-flight
+            tile = Tile(req.key, None, absent=f"read error: {type(exc).__name__}: {exc}")
         self._response.emit((epoch, req, tile))
 
     # --- responses (GUI thread)

@@ -55,6 +55,7 @@ from cvt.display import (
 )
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
+from cvt.viewer.follow import FollowControls
 from cvt.viewer.loader import TaskRunner, TileLoader
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
@@ -206,6 +207,8 @@ class ViewerWindow(QMainWindow):
         self._first_frame_at: float | None = None
         self._settled_emitted = False
         self._opening = False
+        self._open_seq = 0
+        self._keep_view = None
         self.metrics: dict = {}
         self.sources: dict = {}
         self._source_xy = None
@@ -260,6 +263,8 @@ class ViewerWindow(QMainWindow):
             act.setShortcut(QKeySequence(key))
             act.triggered.connect(lambda _=False, step=step: self.navigate(step))
             tb.addAction(act)
+        self.follow_controls = FollowControls(self, tb)
+        self.follower = self.follow_controls.follower
         act_fit = QAction("Fit", self)
         act_fit.triggered.connect(lambda: self.view.fit(animate=True))
         tb.addAction(act_fit)
@@ -385,17 +390,33 @@ class ViewerWindow(QMainWindow):
         if path:
             self.open(path)
 
-    def open(self, url: str | os.PathLike) -> None:
-        """Open an exposure (path or URL); returns at once, the work is on a worker."""
+    def open(self, url: str | os.PathLike, keep_view: bool = False) -> None:
+        """Open an exposure (path or URL); returns at once, the work is on a worker. With
+        ``keep_view`` the view stays where it is (the same exposure again, grown)."""
         self.url = os.fspath(url)
         self._t_open = time.perf_counter()
         self._first_frame_at = None
         self._settled_emitted = False
         self._opening = True
+        self._open_seq += 1
+        self._keep_view = self.view.view_rect() if keep_view and self.layout is not None else None
         self.progress_label.setText(f"opening {self.url}")
+        seq = self._open_seq
         self.runner.submit(
-            "io", _open, self.url, on_done=self._on_opened, on_error=self._on_open_error
+            "io",
+            _open,
+            self.url,
+            on_done=lambda res: self._on_opened(res) if seq == self._open_seq else None,
+            on_error=lambda e: self._on_open_error(e) if seq == self._open_seq else None,
         )
+
+    def follow(self, repo: str | os.PathLike | None = None) -> bool:
+        """Follow a repository (default: this exposure's): each newly published exposure is
+        opened as it arrives (``cvt.viewer.follow``)."""
+        return self.follow_controls.follow(None if repo is None else os.fspath(repo))
+
+    def set_follow_paused(self, paused: bool) -> None:
+        self.follow_controls.set_paused(paused)
 
     def _on_open_error(self, exc: BaseException) -> None:
         self._opening = False
@@ -424,7 +445,11 @@ class ViewerWindow(QMainWindow):
         self._update_sources()
         self._static_overlays()
         self.view.set_extent(layout.bounds)
-        self.view.fit(animate=False)
+        if self._keep_view is not None:
+            self.view.set_rect(self._keep_view)
+        else:
+            self.view.fit(animate=False)
+        self._keep_view = None
         if layout.overview is not None:
             ov = layout.overview
             coarsest = ov.n_levels - 1
@@ -434,6 +459,7 @@ class ViewerWindow(QMainWindow):
         self.runner.submit(
             "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
         )
+        self.follow_controls.opened(self.url, exposure)
         self.opened.emit(exposure)
         self._refresh()
 
@@ -1180,6 +1206,7 @@ class ViewerWindow(QMainWindow):
         if self._closing:
             return
         self._closing = True
+        self.follower.stop()
         for t in (self._restretch_timer, self._settle_timer):
             t.stop()
         self.view._fly.stop()
