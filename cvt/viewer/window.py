@@ -56,7 +56,7 @@ from cvt.display import (
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.follow import FollowControls
-from cvt.viewer.loader import TaskRunner, TileLoader
+from cvt.viewer.loader import TaskRunner, TileLoader, is_read_error
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
@@ -496,6 +496,9 @@ class ViewerWindow(QMainWindow):
     # ------------------------------------------------------------------ stats and stretch
 
     def _on_resident(self, tile: Tile) -> None:
+        if is_read_error(tile):  # the loader tries it again; the level is not complete
+            self._update_progress()
+            return
         self.resident[tile.key] = tile
         ov = self.layout.overview
         level = tile.key.level
@@ -821,6 +824,8 @@ class ViewerWindow(QMainWindow):
             self._absent_tiles[key] = tile
             self._update_absent()
             return
+        if self._absent_tiles.pop(key, None) is not None:  # read at last, after failing
+            self._update_absent()
         table = table_for(key, self.tables)
         if table is None:
             return
@@ -868,6 +873,8 @@ class ViewerWindow(QMainWindow):
         """Every tile the view needs is in and drawn with the current statistics and stretch."""
         if self.layout is None or self._opening or self.loader.busy:
             return False
+        if self.loader.retry_pending:
+            return False
         if self.view.flying or self.view.change_pending:
             return False
         if self._stretch_jobs or self._stats_jobs or self._table_jobs:
@@ -906,6 +913,10 @@ class ViewerWindow(QMainWindow):
             f"queued {self.loader.queued}  cache {self.cache.nbytes / 2**20:.0f}/"
             f"{self.cache.budget / 2**20:.0f} MB"
         )
+        note = self.loader.failure_note()
+        self.progress_label.setToolTip(note)
+        if note:
+            self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
