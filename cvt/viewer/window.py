@@ -61,6 +61,7 @@ from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
+from cvt.viewer.trendpanel import TrendControls
 from cvt.viewer.view import FocalPlaneView
 
 DEFAULT_TILE_BUDGET_MB = int(os.environ.get("CVT_TILE_BUDGET_MB", "512"))
@@ -324,6 +325,7 @@ class ViewerWindow(QMainWindow):
         )
         self.header_dock.hide()
         self.header_dock.visibilityChanged.connect(lambda _: self._request_header())
+        self.trend = TrendControls(self)
         self.hover_label = QLabel("", self)
         self.hover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress_label = QLabel("", self)
@@ -333,6 +335,7 @@ class ViewerWindow(QMainWindow):
         menu.addAction(self.hist_dock.toggleViewAction())
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
+        menu.addAction(self.trend.dock.toggleViewAction())
         act_png = QAction("Export view as PNG…", self)
         act_png.triggered.connect(self._export_dialog)
         self.menuBar().addMenu("&File").addAction(act_png)
@@ -415,6 +418,10 @@ class ViewerWindow(QMainWindow):
         opened as it arrives (``cvt.viewer.follow``)."""
         return self.follow_controls.follow(None if repo is None else os.fspath(repo))
 
+    def show_trend(self, amp: str) -> None:
+        """The "Trend" dock for ``amp`` (``R22_S11_C07``) across this repository's catalog."""
+        self.trend.show_amp(amp)
+
     def set_follow_paused(self, paused: bool) -> None:
         self.follow_controls.set_paused(paused)
 
@@ -460,6 +467,7 @@ class ViewerWindow(QMainWindow):
             "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
         )
         self.follow_controls.opened(self.url, exposure)
+        self.trend.opened(exposure)
         self.opened.emit(exposure)
         self._refresh()
 
