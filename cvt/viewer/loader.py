@@ -127,6 +127,7 @@ class Failure:
     due: float  # time.monotonic()
     reason: str
     resident: bool
+    wait: float = 0.0  # seconds waited before this retry (the backoff)
 
 
 @dataclass(order=True)
@@ -317,7 +318,9 @@ class TileLoader(QObject):
         old = self.failures.get(req.key)
         rounds = (old.rounds if old else 0) + 1
         wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (rounds - 1))
-        self.failures[req.key] = Failure(rounds, time.monotonic() + wait, tile.absent, req.resident)
+        self.failures[req.key] = Failure(
+            rounds, time.monotonic() + wait, tile.absent, req.resident, wait
+        )
         self._arm_retry()
 
     def _arm_retry(self) -> None:
