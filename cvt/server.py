@@ -9,6 +9,9 @@ Routes (GET and HEAD only; every other method is 405 with ``Allow: GET, HEAD``):
   detectors, health counts of the metrics table; ``no-cache`` with an ETag.
 - ``/api/latest``  the most recent exposure by observation time.
 - ``/api/events``  server-sent events: ``event: exposure`` when a new ``<OBSID>.zarr`` appears.
+- ``/catalog.sqlite``  the repository's catalog (``core.catalog``): a consistent snapshot made
+  with SQLite's backup API (never a copy caught mid-write), ``no-cache`` with an ETag; 404 when
+  the repository has none. ``core.catalog.open_catalog(URL)`` and the viewer's trend dock read it.
 - ``/``  an HTML index of the exposures (for generic fsspec HTTP listing).
 
 Security, checked on every request: an optional bearer token (header, or ``?token=`` for
@@ -649,6 +652,36 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def catalog_snapshot(root: Path) -> bytes | None:
+    """The repository's catalog as one consistent SQLite file (None when there is none)."""
+    import sqlite3
+
+    path = root / "catalog.sqlite"
+    if not path.is_file():
+        return None
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    mem = sqlite3.connect(":memory:")
+    try:
+        src.backup(mem)
+        return mem.serialize()
+    finally:
+        src.close()
+        mem.close()
+
+
+async def api_catalog(request: web.Request) -> web.Response:
+    repo = request.app[REPO]
+    data = await asyncio.to_thread(catalog_snapshot, repo.root)
+    if data is None:
+        return web.Response(status=404, text="no catalog in this repository\n")
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+    inm = request.headers.get("If-None-Match")
+    if inm and any(_weak_eq(t, etag) or t == "*" for t in _etag_list(inm)):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, content_type="application/vnd.sqlite3", headers=headers)
+
+
 async def index(request: web.Request) -> web.Response:
     repo = request.app[REPO]
     names = await asyncio.to_thread(repo.exposures)
@@ -823,6 +856,7 @@ def make_app(
     app.router.add_get("/api/exposures", api_exposures)
     app.router.add_get("/api/latest", api_latest)
     app.router.add_get("/api/events", api_events)
+    app.router.add_get("/catalog.sqlite", api_catalog)
     app.router.add_get("/", index)
     app.router.add_get("/{tail:.+}", serve_file)
     app.cleanup_ctx.append(_watcher_ctx)

@@ -29,7 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "exposure",
         metavar="PATH_OR_URL",
         nargs="?",
-        help="an exposure store (.zarr); without it, an empty window (File > Open)",
+        help="an exposure store (.zarr); with --follow, a repository (folder or server URL); "
+        "without it, an empty window (File > Open)",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="show each new exposure of the repository as it is published (Ctrl+F pauses)",
     )
     parser.add_argument("--screenshot", metavar="FILE.png", help="write the view and exit")
     parser.add_argument(
@@ -66,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"cvt view: {exc}", file=sys.stderr)
             return 2
-    if args.exposure is None and (args.screenshot or args.compare or args.goto or args.overlay):
+    needs = (args.screenshot, args.compare, args.goto, args.overlay, args.follow)
+    if args.exposure is None and any(needs):
         print(
-            "cvt view: --screenshot, --compare, --goto and --overlay need an exposure",
+            "cvt view: --screenshot, --compare, --goto, --overlay and --follow need an exposure",
             file=sys.stderr,
         )
         return 2
@@ -91,4 +98,5 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         tile_budget_mb=args.tile_budget,
         timeout=args.timeout,
+        follow=args.follow,
     )

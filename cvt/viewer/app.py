@@ -49,9 +49,12 @@ def run_view(
     settings: dict | None = None,
     tile_budget_mb: int | None = None,
     timeout: float = 120.0,
+    follow: bool = False,
 ) -> int:
-    """Open ``url`` in a window (none: an empty window, File > Open). With ``screenshot``: render offscreen, write the PNG once every
-    needed tile is drawn, and return 0 (2 if the exposure cannot be read, 1 on a timeout)."""
+    """Open ``url`` in a window (none: an empty window, File > Open). With ``screenshot``: render
+    offscreen, write the PNG once every needed tile is drawn, and return 0 (2 if the exposure
+    cannot be read, 1 on a timeout). With ``follow``: ``url`` may be a repository (folder or
+    server URL); the window shows its newest exposure and each new one as it is published."""
     ensure_platform(offscreen=screenshot is not None)
     app = application()
     from PySide6.QtCore import QTimer
@@ -129,8 +132,14 @@ def run_view(
     w.tables_loaded.connect(on_tables)
     w.settled.connect(maybe_write)
     w.show()
-    if url is not None:
+    if url is not None and follow and not url.rstrip("/").endswith(".zarr"):
+        QTimer.singleShot(0, lambda: w.follow(url))  # the newest exposure, then each new one
+    elif url is not None:
         QTimer.singleShot(0, lambda: w.open(url))  # inside the event loop
+        if follow:
+            w.opened.connect(lambda _: w.follower.active or w.follow())
+    if follow:
+        w.opened.connect(lambda e: print(f"following {w.follower.repo}: {e.obsid}", flush=True))
     if screenshot is not None:
         t0 = time.monotonic()
         # a scripted run must end: if even the event loop is stuck, print every thread's stack

@@ -1,8 +1,9 @@
 """Work off the GUI thread: a task runner and the tile loader.
 
 Threads (``ThreadPoolExecutor`` s): ``cvt-io-*`` (opening exposures, tile reads, pixel values,
-tables), ``cvt-cpu-*`` (statistics, transfers, health evaluation) and ``cvt-draw-*`` (the
-stretch and colour stages of tiles about to be drawn, never queued behind the others). Results
+tables), ``cvt-cpu-*`` (statistics, transfers, health evaluation), ``cvt-draw-*`` (the
+stretch and colour stages of tiles about to be drawn, never queued behind the others) and
+``cvt-follow-*`` (watching the repository, catalog queries: slow by nature, kept apart). Results
 come back to the GUI thread as Qt signals (queued connections: the receivers live in the GUI
 thread, the emitters run in the workers). Nothing here touches a widget.
 
@@ -20,13 +21,14 @@ import heapq
 import itertools
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
 from cvt.display import apply_rects, colourise
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
@@ -68,6 +70,9 @@ class TaskRunner(QObject):
             "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu", **init),
             # what is about to be drawn never waits behind statistics or a health check
             "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw", **init),
+            # following a repository (a long-lived event stream, listings, catalog queries):
+            # never takes a tile reader's thread, whatever a slow server does
+            "follow": ThreadPoolExecutor(3, thread_name_prefix="cvt-follow", **init),
         }
         self._closed = False
         self._outstanding = 0
@@ -126,6 +131,28 @@ class TaskRunner(QObject):
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+RETRY_FIRST_S = 0.5  # the first retry of a tile whose read failed; doubling each time
+RETRY_MAX_S = 30.0
+RETRY_ROUNDS = 8  # then the tile stays drawn as failed until the view asks for it again
+
+
+def is_read_error(tile: Tile) -> bool:
+    """A tile that could not be read (the server failed, a response was corrupt): worth a
+    retry, unlike a chunk the store does not have."""
+    return tile.data is None and bool(tile.absent) and tile.absent.startswith("read error")
+
+
+@dataclass
+class Failure:
+    """A tile whose read failed: how often, when it is tried again, and why."""
+
+    rounds: int
+    due: float  # time.monotonic()
+    reason: str
+    resident: bool
+    wait: float = 0.0  # seconds waited before this retry (the backoff)
+
+
 @dataclass(order=True)
 class _Request:
     priority: tuple
@@ -171,6 +198,10 @@ class TileLoader(QObject):
         self.cancelled = 0
         self.dropped = 0
         self.failed = 0
+        self.retried = 0
+        self.failures: dict[TileKey, Failure] = {}  # read errors waiting for their retry
+        self._retry_timer = QTimer(self, singleShot=True)
+        self._retry_timer.timeout.connect(self._retry_due)
         self._response.connect(self._on_response)
 
     # --- configuration (GUI thread)
@@ -185,6 +216,11 @@ class TileLoader(QObject):
             self.epoch += 1
             self.exposure, self.images, self.layout = exposure, images, layout
             self.wanted = set()
+            # the transfers are per amp of the old layout: with another exposure's amps they
+            # would index out of range (and the read would never come back)
+            self.tables = {}
+        self.failures.clear()
+        self._retry_timer.stop()
         self.cache.clear()
 
     def set_tables(self, tables: dict) -> None:
@@ -201,6 +237,25 @@ class TileLoader(QObject):
     @property
     def queued(self) -> int:
         return len(self._queued)
+
+    @property
+    def retry_pending(self) -> bool:
+        """A failed read will be tried again (the view is not final yet)."""
+        return any(f.rounds <= RETRY_ROUNDS for f in self.failures.values())
+
+    def failure_note(self) -> str:
+        """For the status bar: how many reads are failing, the next retry, the last reason."""
+        if not self.failures:
+            return ""
+        waiting = [f for f in self.failures.values() if f.rounds <= RETRY_ROUNDS]
+        last = max(self.failures.values(), key=lambda f: f.due)
+        text = f"{len(self.failures)} tile{'s' if len(self.failures) != 1 else ''} failing"
+        if waiting:
+            wait = max(0.0, min(f.due for f in waiting) - time.monotonic())
+            text += f", retry in {wait:.1f} s"
+        else:
+            text += ", gave up (move the view to try again)"
+        return f"{text}: {last.reason[:160]}"
 
     # --- requests (GUI thread)
 
@@ -250,7 +305,10 @@ class TileLoader(QObject):
             self._in_flight.add(req.key)
             epoch, exposure, images, layout = self.epoch, self.exposure, self.images, self.layout
             self.reads += 1
-        tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
+        try:
+            tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
+        except Exception as exc:  # a response always comes back: the key must leave in-flight
+            tile = Tile(req.key, None, absent=f"read error: {type(exc).__name__}: {exc}")
         self._response.emit((epoch, req, tile))
 
     # --- responses (GUI thread)
@@ -261,17 +319,56 @@ class TileLoader(QObject):
             self._in_flight.discard(req.key)
         if epoch != self.epoch:
             return
-        if tile.absent and tile.absent.startswith("read error"):
+        if is_read_error(tile):
             self.failed += 1
+            self._failed(req, tile)
+        else:
+            self.failures.pop(req.key, None)
         if req.resident:
             self.resident_loaded.emit(tile)
             return
-        self.cache.put(tile)
+        if not is_read_error(tile):  # a failure is never cached: asked again, it is read again
+            self.cache.put(tile)
         self.tile_read.emit(tile)
         if req.key in self.wanted:
             self.tile_loaded.emit(tile)
         else:
             self.dropped += 1
+
+    # --- failed reads: tried again later, with exponential backoff (GUI thread)
+
+    def _failed(self, req: _Request, tile: Tile) -> None:
+        old = self.failures.get(req.key)
+        rounds = (old.rounds if old else 0) + 1
+        wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (rounds - 1))
+        self.failures[req.key] = Failure(
+            rounds, time.monotonic() + wait, tile.absent, req.resident, wait
+        )
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        due = [f.due for f in self.failures.values() if f.rounds <= RETRY_ROUNDS]
+        if due:
+            ms = max(0, int((min(due) - time.monotonic()) * 1000))
+            if not self._retry_timer.isActive() or self._retry_timer.remainingTime() > ms:
+                self._retry_timer.start(ms)
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for key, f in list(self.failures.items()):
+            if f.rounds > RETRY_ROUNDS or f.due > now + 0.005:
+                continue
+            if not f.resident and key not in self.wanted:
+                del self.failures[key]  # no longer in view: read again if it comes back
+                continue
+            # not again before its answer (which sets the next time) or a round's wait
+            f.due = now + min(RETRY_MAX_S, RETRY_FIRST_S * 2**f.rounds)
+            self.retried += 1
+            if f.resident:
+                self._push(_Request((2, -key.level, 0), 0, key, 0, True))
+            else:
+                self._push(_Request((1, 0), 0, key, self.generation, False))
+        self._arm_retry()
 
 
 def read_tile(

@@ -56,13 +56,15 @@ from cvt.display import (
 )
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
-from cvt.viewer.loader import TaskRunner, TileLoader
+from cvt.viewer.follow import FollowControls
+from cvt.viewer.loader import TaskRunner, TileLoader, is_read_error
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
 from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
+from cvt.viewer.trendpanel import TrendControls
 from cvt.viewer.view import FocalPlaneView
 
 DEFAULT_TILE_BUDGET_MB = int(os.environ.get("CVT_TILE_BUDGET_MB", "512"))
@@ -240,6 +242,8 @@ class ViewerWindow(QMainWindow):
         self._settled_emitted = False
         self._opening = False
         self.sky = None  # (BoresightWcs or None, why not) of the exposure, once known
+        self._open_seq = 0
+        self._keep_view = None
         self.metrics: dict = {}
         self.sources: dict = {}
         self._source_xy = None
@@ -313,6 +317,8 @@ class ViewerWindow(QMainWindow):
             act.setShortcut(QKeySequence(key))
             act.triggered.connect(lambda _=False, step=step: self.navigate(step))
             tb.addAction(act)
+        self.follow_controls = FollowControls(self, tb)
+        self.follower = self.follow_controls.follower
         act_fit = QAction("Fit", self)
         act_fit.triggered.connect(lambda: self.view.fit(animate=True))
         tb.addAction(act_fit)
@@ -372,6 +378,7 @@ class ViewerWindow(QMainWindow):
         )
         self.header_dock.hide()
         self.header_dock.visibilityChanged.connect(lambda _: self._request_header())
+        self.trend = TrendControls(self)
         self.hover_label = QLabel("", self)
         self.hover_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.progress_label = QLabel("", self)
@@ -383,6 +390,7 @@ class ViewerWindow(QMainWindow):
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
         menu.addAction(self.overscan.action)
+        menu.addAction(self.trend.dock.toggleViewAction())
         file_menu = self.menuBar().addMenu("&File")
         self.file_menu = file_menu
         act_open_menu = QAction("Open exposure…", self)
@@ -495,18 +503,38 @@ class ViewerWindow(QMainWindow):
         self.statusBar().showMessage(msg, 10000)
         self.open_failed.emit(msg)
 
-    def open(self, url: str | os.PathLike) -> None:
-        """Open an exposure (path or URL); returns at once, the work is on a worker."""
+    def open(self, url: str | os.PathLike, keep_view: bool = False) -> None:
+        """Open an exposure (path or URL); returns at once, the work is on a worker. With
+        ``keep_view`` the view stays where it is (the same exposure again, grown)."""
         self.url = os.fspath(url)
         self._t_open = time.perf_counter()
         self._first_frame_at = None
         self._settled_emitted = False
         self._opening = True
         freeze_startup()
+        self._open_seq += 1
+        self._keep_view = self.view.view_rect() if keep_view and self.layout is not None else None
         self.progress_label.setText(f"opening {self.url}")
+        seq = self._open_seq
         self.runner.submit(
-            "io", _open, self.url, on_done=self._on_opened, on_error=self._on_open_error
+            "io",
+            _open,
+            self.url,
+            on_done=lambda res: self._on_opened(res) if seq == self._open_seq else None,
+            on_error=lambda e: self._on_open_error(e) if seq == self._open_seq else None,
         )
+
+    def follow(self, repo: str | os.PathLike | None = None) -> bool:
+        """Follow a repository (default: this exposure's): each newly published exposure is
+        opened as it arrives (``cvt.viewer.follow``)."""
+        return self.follow_controls.follow(None if repo is None else os.fspath(repo))
+
+    def show_trend(self, amp: str) -> None:
+        """The "Trend" dock for ``amp`` (``R22_S11_C07``) across this repository's catalog."""
+        self.trend.show_amp(amp)
+
+    def set_follow_paused(self, paused: bool) -> None:
+        self.follow_controls.set_paused(paused)
 
     def _on_open_error(self, exc: BaseException) -> None:
         self._opening = False
@@ -535,7 +563,11 @@ class ViewerWindow(QMainWindow):
         self._update_sources()
         self._static_overlays()
         self.view.set_extent(layout.bounds)
-        self.view.fit(animate=False)
+        if self._keep_view is not None:
+            self.view.set_rect(self._keep_view)
+        else:
+            self.view.fit(animate=False)
+        self._keep_view = None
         if layout.overview is not None:
             ov = layout.overview
             coarsest = ov.n_levels - 1
@@ -554,6 +586,8 @@ class ViewerWindow(QMainWindow):
             on_done=self._on_sky,
             on_error=lambda e: self._on_sky((None, f"header unreadable: {e}")),
         )
+        self.follow_controls.opened(self.url, exposure)
+        self.trend.opened(exposure)
         self.opened.emit(exposure)
         self._refresh()
         self.overscan.reset()
@@ -598,6 +632,9 @@ class ViewerWindow(QMainWindow):
     # ------------------------------------------------------------------ stats and stretch
 
     def _on_resident(self, tile: Tile) -> None:
+        if is_read_error(tile):  # the loader tries it again; the level is not complete
+            self._update_progress()
+            return
         self.resident[tile.key] = tile
         ov = self.layout.overview
         level = tile.key.level
@@ -925,6 +962,8 @@ class ViewerWindow(QMainWindow):
             self._absent_tiles[key] = tile
             self._update_absent()
             return
+        if self._absent_tiles.pop(key, None) is not None:  # read at last, after failing
+            self._update_absent()
         table = table_for(key, self.tables)
         if table is None:
             return
@@ -972,6 +1011,8 @@ class ViewerWindow(QMainWindow):
         """Every tile the view needs is in and drawn with the current statistics and stretch."""
         if self.layout is None or self._opening or self.loader.busy:
             return False
+        if self.loader.retry_pending:
+            return False
         if self.view.flying or self.view.change_pending:
             return False
         if self._stretch_jobs or self._stats_jobs or self._table_jobs:
@@ -1010,6 +1051,10 @@ class ViewerWindow(QMainWindow):
             f"queued {self.loader.queued}  cache {self.cache.nbytes / 2**20:.0f}/"
             f"{self.cache.budget / 2**20:.0f} MB"
         )
+        note = self.loader.failure_note()
+        self.progress_label.setToolTip(note)
+        if note:
+            self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
@@ -1317,6 +1362,7 @@ class ViewerWindow(QMainWindow):
         self._closing = True
         if self.compare is not None:
             self.compare.shutdown()
+        self.follower.stop()
         for t in (self._restretch_timer, self._settle_timer):
             t.stop()
         self.view._fly.stop()

@@ -154,3 +154,33 @@ def test_ingest_wrote_sources_and_per_ccd_metrics(repo):
         # (beta 3.5) stars comes out ~11 % above the Moffat core's FWHM
         assert fwhm == pytest.approx(truth["fwhm_px"] * 0.2, rel=0.15)
         assert metrics["ccd_sky_level"][rows][0] > 100
+
+
+def test_check_over_http_gives_the_same_report_as_the_local_path(repo, tmp_path, capsys):
+    """``cvt check URL`` through ``cvt serve`` as users start it, slow and failing 20 % of its
+    file requests: the same summary, the same JSON per amp, the same exit status."""
+    from core import remote
+    from tests.cvt.test_serve import Served
+
+    path, sci, bias = repo
+    old = remote.configure(cache_dir=tmp_path / "chunk-cache", backoff=0.01, backoff_max=0.1)
+    served = Served(path, tmp_path / "serve.log", "--inject-latency-ms", "10",
+                    "--inject-faults", "0.2")  # fmt: skip
+    try:
+        for obsid in (sci, bias):
+            local, url = str(path / f"{obsid}.zarr"), f"{served.url}{obsid}.zarr"
+            runs = {}
+            for where in (local, url):
+                code = main(["check", where])
+                text = capsys.readouterr().out
+                json_code = main(["check", where, "--json"])
+                doc = json.loads(capsys.readouterr().out)
+                assert doc.pop("url").rstrip("/") == where.rstrip("/")
+                runs[where] = (code, text, json_code, doc)
+            assert runs[url] == runs[local]
+            assert runs[local][0] == (1 if obsid == sci else 0)
+    finally:
+        served.stop()
+        remote.restore(old)
+    log = (tmp_path / "serve.log").read_text()
+    assert "TEST MODE" in log and " 500 " in log  # failures did happen, and were retried

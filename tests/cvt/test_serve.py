@@ -245,6 +245,17 @@ def test_listing_and_latest(served, repo):
     assert status == 200 and json.loads(body) == entry
 
 
+def test_the_catalog_is_served_as_a_consistent_snapshot(served, repo, tmp_path):
+    from core import catalog
+
+    status, headers, body = served.request("/catalog.sqlite")
+    assert status == 200 and headers["Cache-Control"] == "no-cache"
+    assert served.request("/catalog.sqlite", headers={"If-None-Match": headers["ETag"]})[0] == 304
+    with catalog.open_catalog(served.url) as remote_cat, catalog.open_catalog(repo) as local_cat:
+        assert remote_cat.exposures() == local_cat.exposures()
+        assert [r["obsid"] for r in remote_cat.exposures()] == [OBSID]
+
+
 def test_an_event_announces_each_new_exposure(obs_lsst, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -345,6 +356,9 @@ def test_every_url_the_server_serves_resolves_inside_the_repository(served, repo
             conn.request("GET", path)
             r = conn.getresponse()
             body = r.read()
+            if path == "/catalog.sqlite":  # the one file outside the exposures: a snapshot
+                assert r.status == 200 and body.startswith(b"SQLite format 3\x00")
+                continue
             real = (repo / rel).resolve()
             real_rel = real.relative_to(root).parts if real.is_relative_to(root) else None
             allowed = (

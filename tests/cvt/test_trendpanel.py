@@ -1,0 +1,109 @@
+"""The viewer's "Trend" dock on a simulated night (four LATISS biases; amp C07's read noise
+grows each exposure, as in tests/core/test_catalog.py): the plotted points are the catalog's
+series, the exposure on screen is ringed, clicking a point opens its exposure; from a folder
+and through ``cvt serve``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import remote, trend
+
+pytestmark = pytest.mark.gui
+FACTORS = (1.0, 1.6, 2.2, 2.8)
+AMP = "RXX_S00_C07"
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    from core.ingest import ingest
+    from core.simulate import Fault, simulate_ccd
+
+    tmp = tmp_path_factory.mktemp("night")
+    raw = tmp / "raw"
+    raw.mkdir()
+    for seq, factor in enumerate(FACTORS, start=1):
+        faults = [Fault("RXX_S00", "C07", "noisy_amp", {"factor": factor})] if factor > 1 else []
+        ccd = simulate_ccd(
+            "RXX_S00", camera="LATISS", seed=3, image_type="bias", seq=seq, faults=faults
+        )
+        ccd.write(raw / ccd.filename)
+    repo = tmp / "repo"
+    reports, unreadable = ingest([raw], repo, workers=1)
+    assert unreadable == [] and all(r.ok for r in reports)
+    return repo, sorted(r.obsid for r in reports)
+
+
+@pytest.fixture(autouse=True)
+def private_chunk_cache(tmp_path):
+    old = remote.configure(cache_dir=tmp_path / "chunk-cache")
+    yield
+    remote.restore(old)
+
+
+def check_trend_dock(qtbot, w, repo_url, obsids, want):
+    """Open the second exposure, show C07's trend: the points are ``want`` (the catalog's);
+    clicking the last point opens the last exposure."""
+    with qtbot.waitSignal(w.opened, timeout=60000):
+        w.open(f"{repo_url.rstrip('/')}/{obsids[1]}.zarr")
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        w.show_trend(AMP)
+    panel = w.trend.panel
+    assert w.trend.dock.isVisible() and panel.metric == "read_noise_e" and panel.vs == "time"
+    x, y = panel.points.getData()
+    np.testing.assert_array_equal(x, want.x)
+    np.testing.assert_array_equal(y, want.y)
+    assert panel.series.obsid == obsids
+    np.testing.assert_allclose(y / y[0], FACTORS, rtol=0.08)  # the drift is there
+    assert AMP in panel.title.text() and "slope" in panel.title.text()
+    cx, cy = panel.current.getData()  # the exposure on screen is ringed
+    assert (cx[0], cy[0]) == (want.x[1], want.y[1])
+    # against sequence number: another query, the same values
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        panel.vs_box.setCurrentText("seq")
+    x, y = panel.points.getData()
+    assert list(x) == [1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_array_equal(y, want.y)
+    # clicking a point opens that exposure, and the ring follows
+    point = panel.points.points()[3]
+    with qtbot.waitSignal(w.opened, timeout=60000) as opened:
+        panel.points.sigClicked.emit(panel.points, [point], None)
+    assert opened.args[0].obsid == obsids[3]
+    cx, cy = panel.current.getData()
+    assert (cx[0], cy[0]) == (4.0, want.y[3])
+
+
+def test_trend_dock_from_a_folder(viewer, qtbot, night):
+    repo, obsids = night
+    w = viewer()
+    want = trend.series(repo, AMP, "read_noise_e", vs="time").finite()
+    check_trend_dock(qtbot, w, str(repo), obsids, want)
+
+
+def test_trend_dock_through_cvt_serve(viewer, qtbot, night, tmp_path):
+    from tests.cvt.test_serve import Served
+
+    repo, obsids = night
+    served = Served(repo, tmp_path / "serve.log")
+    try:
+        w = viewer()
+        want = trend.series(repo, AMP, "read_noise_e", vs="time").finite()
+        check_trend_dock(qtbot, w, served.url, obsids, want)
+    finally:
+        served.stop()
+
+
+def test_context_menu_offers_the_amp_under_the_cursor(viewer, qtbot, night):
+    repo, obsids = night
+    w = viewer()
+    with qtbot.waitSignal(w.opened, timeout=60000):
+        w.open(repo / f"{obsids[0]}.zarr")
+    x0, y0, x1, y1 = w.layout.amp_boxes[w.layout.amp_index("RXX_S00", "C07")]
+    p = w.view.fp_to_widget((x0 + x1) / 2, (y0 + y1) / 2)
+    menu = w.trend.menu_for(p.toPoint())
+    assert [a.text() for a in menu.actions()] == [f"Trend of {AMP}"]
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        menu.actions()[0].trigger()
+    menu.deleteLater()
+    assert w.trend.panel.series.amp == AMP and w.trend.dock.isVisible()
