@@ -4,7 +4,9 @@ Routes (GET and HEAD only; every other method is 405 with ``Allow: GET, HEAD``):
 
 - ``/<OBSID>.zarr/<path>``  a file of a published exposure: single Range requests (206, 416),
   ETag and Last-Modified with conditional requests (304, 412), ``Cache-Control: public,
-  max-age=31536000, immutable`` (exposures are written once), gzip for JSON when accepted.
+  max-age=31536000, immutable`` for the chunks of a complete exposure (written once) and
+  ``no-cache`` for every ``zarr.json`` and anything of an exposure still filling, gzip for JSON
+  when accepted.
 - ``/api/exposures``  the listing (JSON): OBSID, time, image type, exposure time, complete,
   detectors, health counts of the metrics table; ``no-cache`` with an ETag.
 - ``/api/latest``  the most recent exposure by observation time.
@@ -81,6 +83,7 @@ class Repository:
         if not self.root.is_dir():
             raise NotADirectoryError(f"{self.root}: not a folder")
         self._summaries: dict[str, tuple[tuple, dict]] = {}
+        self._complete: dict[str, tuple[tuple, bool]] = {}
         self._lock = threading.Lock()
 
     def exposures(self) -> list[str]:
@@ -165,6 +168,33 @@ class Repository:
             os.close(fd)
             raise
         return fd, st
+
+    def cache_control(self, real: Path) -> str:
+        """``immutable`` for the chunks of a complete exposure (written once); ``no-cache``
+        (revalidate with the ETag: a 304 when nothing changed) for every ``zarr.json`` and for
+        anything in an exposure still filling (``cvt watch`` replaces its root and overview
+        chunks as CCDs arrive), so no cache keeps a stale copy."""
+        rel = real.relative_to(self.root)
+        if real.name == "zarr.json" or not rel.parts:
+            return "no-cache"
+        root = self.root / rel.parts[0] / "zarr.json"
+        try:
+            st = root.stat()
+        except OSError:
+            return "no-cache"
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._complete.get(rel.parts[0])
+        if hit is None or hit[0] != key:
+            try:
+                attrs = json.loads(root.read_bytes()).get("attributes", {}).get("cvt", {})
+                complete = attrs.get("complete") is True
+            except (OSError, ValueError, AttributeError):
+                complete = False
+            hit = (key, complete)
+            with self._lock:
+                self._complete[rel.parts[0]] = hit
+        return IMMUTABLE if hit[1] else "no-cache"
 
     # -- what the listing says of each exposure (cached: exposures are written once)
 
@@ -702,12 +732,15 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     except Refused as exc:
         return web.Response(status=exc.status, text=f"{exc.reason}\n")
     try:
-        return await _send(request, fd, st, real)
+        cache_control = await asyncio.to_thread(repo.cache_control, real)
+        return await _send(request, fd, st, real, cache_control)
     finally:
         os.close(fd)
 
 
-async def _send(request: web.Request, fd: int, st: os.stat_result, real: Path):
+async def _send(
+    request: web.Request, fd: int, st: os.stat_result, real: Path, cache_control: str = IMMUTABLE
+):
     size = st.st_size
     mtime = st.st_mtime
     base_tag = f"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"
@@ -723,7 +756,7 @@ async def _send(request: web.Request, fd: int, st: os.stat_result, real: Path):
     headers = {
         "ETag": etag,
         "Last-Modified": _http_date(mtime),
-        "Cache-Control": IMMUTABLE,
+        "Cache-Control": cache_control,
         "Accept-Ranges": "bytes",
         "Content-Type": "application/json" if json_file else "application/octet-stream",
     }

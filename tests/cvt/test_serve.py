@@ -211,6 +211,33 @@ def test_validators_conditional_requests_and_caching_headers(served):
     assert (status, body) == (304, b"")
 
 
+def test_only_a_complete_exposures_chunks_are_immutable(repo, tmp_path):
+    """Metadata documents are revalidated (no-cache, a 304 when unchanged); the chunks of an
+    exposure still filling (``cvt watch`` replaces its root and overview chunks) are too, until
+    its root says it is complete."""
+    import shutil
+
+    filling = tmp_path / "repo"
+    shutil.copytree(repo / EXP[1:], filling / EXP[1:], symlinks=True)
+    root = filling / EXP[1:] / "zarr.json"
+    doc = json.loads(root.read_text())
+    doc["attributes"]["cvt"]["complete"] = False
+    root.write_text(json.dumps(doc))
+    s = Served(filling, tmp_path / "serve.log")
+    try:
+        for path in (f"{EXP}/zarr.json", CHUNK):
+            status, h, _ = s.request(path)
+            assert (status, h["Cache-Control"]) == (200, "no-cache"), path
+        doc["attributes"]["cvt"]["complete"] = True
+        tmp = root.with_name(".zarr.json.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, root)  # published as cvt watch does: the root replaced at once
+        assert s.request(CHUNK)[1]["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert s.request(f"{EXP}/zarr.json")[1]["Cache-Control"] == "no-cache"
+    finally:
+        s.stop(signal.SIGTERM)
+
+
 def test_gzip_for_json_metadata_when_accepted(served, repo):
     meta = (repo / EXP[1:] / "zarr.json").read_bytes()
     status, h, body = served.request(f"{EXP}/zarr.json", headers={"Accept-Encoding": "gzip"})
