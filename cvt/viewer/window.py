@@ -604,6 +604,11 @@ class ViewerWindow(QMainWindow):
         (``core.exposure.list_exposures``, on a worker)."""
         if not self.url:
             return
+        if step != 0 and self.follower.active and not self.follower.paused:
+            # stepping back to look at an earlier exposure: the next arrival must not take the
+            # view away from it (Ctrl+F resumes, and jumps to the newest)
+            self.follow_controls.set_paused(True)
+            self.statusBar().showMessage("following paused; Ctrl+F resumes", 5000)
         repo, name = split_repository(self.url)
         self.runner.submit(
             "io",

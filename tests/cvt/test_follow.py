@@ -132,6 +132,15 @@ def test_follow_a_local_folder_switches_pauses_and_resumes(viewer, qtbot, sim_ex
     assert w.follow(repo)
     t = follow_and_publish(qtbot, w, repo, raws, via="local folder")
     assert t["switch"] < 10
+    # stepping back to an earlier exposure pauses following: an arrival no longer takes it away
+    with qtbot.waitSignal(w.opened, timeout=30000) as opened:
+        w.navigate(-1)
+    assert opened.args[0].obsid == SECOND
+    assert w.follower.paused and not w.follow_controls.action.isChecked()
+    Background(ingest_into, repo, raws[FOURTH]).join()
+    qtbot.waitUntil(lambda: w.follower.pending == [FOURTH], timeout=30000)
+    qtbot.wait(500)
+    assert w.exposure.obsid == SECOND
 
 
 def test_follow_a_filling_exposure_refreshes_as_ccds_arrive(viewer, qtbot, sim_exposure, raws,
