@@ -138,7 +138,8 @@ def robust_rows(block, clip, out, integer):
 def serial_overscan_rows(segments, ox0, ox1, clip, out):
     """Per amp and raw row, the robust mean of the serial overscan columns [ox0, ox1)."""
     for a in range(segments.shape[0]):
-        robust_rows(segments[a, :, ox0:ox1], clip, out[a], True)
+        # a C-ordered copy (400 kB): the kernels then run on contiguous rows, twice as fast
+        robust_rows(np.ascontiguousarray(segments[a, :, ox0:ox1]), clip, out[a], True)
 
 
 @ngjit
