@@ -15,6 +15,7 @@ statistic and stretch runs on the workers (``cvt.viewer.loader``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -53,6 +54,7 @@ from cvt.display import (
     histogram,
     merge_samples,
     sorted_sample,
+    warm_up,
 )
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
@@ -77,6 +79,8 @@ Z_SOURCES = 90
 Z_LABEL = 95
 Z_HIGHLIGHT = 99
 RESTRETCH_BATCH = 6
+TABLE_DEBOUNCE_MS = 40  # statistics that change are gathered this long before a rebuild
+TABLE_INTERVAL_MS = 200  # a level's transfers are rebuilt at most this often while tiles stream
 SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this many data pixels
 HEAT_CMAP = "plasma"
 GIL_SWITCH_S = 0.0005
@@ -100,6 +104,23 @@ def freeze_heap() -> None:
         gc.collect()
     gc.freeze()
     _heap_frozen = True
+
+
+_warm = False
+
+
+def warm_start() -> None:
+    """Once, before the first window shows: what would otherwise first run on a worker while
+    the first frame is drawn, holding the interpreter lock: loading the display kernels
+    (numba's cache, ~0.4 s) and importing astropy (the sky position's header parsing, ~0.5
+    s)."""
+    global _warm
+    if _warm:
+        return
+    _warm = True
+    warm_up()
+    with contextlib.suppress(ImportError):  # without it, the sky readout says why it has none
+        import astropy.io.fits  # noqa: F401
 
 
 def freeze_startup() -> None:
@@ -146,10 +167,12 @@ def _preview_table(generation: int, settings: DisplaySettings, data: np.ndarray,
     return _build_table(generation, settings.with_(scope="global"), samples, np.zeros(n_amps))
 
 
-def _build_table(generation: int, settings: DisplaySettings, samples, amp_det):
+def _build_table(generation: int, settings: DisplaySettings, samples, amp_det, previous=None):
     """Worker: the transfers of one level, and the histogram of its data for the panel."""
-    transfers = build_transfers(generation, settings, samples, amp_det)
     merged = merge_samples(samples)
+    transfers = build_transfers(
+        generation, settings, samples, amp_det, previous=previous, global_sample=merged
+    )
     lo, hi = transfers.limits()
     if merged.size:
         a, b = float(merged[0]), float(merged[-1])
@@ -202,6 +225,7 @@ class ViewerWindow(QMainWindow):
         # worker threads run Python too: hand the interpreter lock back to the GUI thread
         # within a millisecond, not the default five, so that a frame never queues behind them
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+        warm_start()
         self.setWindowTitle("CVT")
         self.settings = DisplaySettings()
         self.runner = TaskRunner(io_threads, cpu_threads, self)
@@ -225,6 +249,8 @@ class ViewerWindow(QMainWindow):
         self._settings_version = 0
         self._dirty_tables: set[tuple[str, int]] = set()
         self._table_jobs = 0
+        self._table_building: dict[tuple[str, int], int] = defaultdict(int)  # builds in flight
+        self._table_started: dict[tuple[str, int], float] = {}  # when the last build started
         self._stretch_jobs = 0
         self._colour_version = 0
         self.lut = argb_lut(self.settings.cmap)
@@ -258,7 +284,7 @@ class ViewerWindow(QMainWindow):
         self._build_ui()
         self._restretch_timer = QTimer(self, singleShot=True, interval=0)
         self._restretch_timer.timeout.connect(self._flush_restretch)
-        self._tables_timer = QTimer(self, singleShot=True, interval=40)
+        self._tables_timer = QTimer(self, singleShot=True, interval=TABLE_DEBOUNCE_MS)
         self._tables_timer.timeout.connect(self._flush_tables)
         self._settle_timer = QTimer(self, singleShot=True, interval=0)
         self._settle_timer.timeout.connect(self._check_settled)
@@ -632,7 +658,7 @@ class ViewerWindow(QMainWindow):
         level, samples = result
         self.level_samples[("ov", level)] = LevelSamples.complete(samples)
         self._dirty_tables.add(("ov", level))
-        self._flush_tables()
+        self._flush_tables(force=True)
         self._schedule_settle_check()  # the flush may start nothing: this was the last job
 
     def _on_tile_read(self, tile: Tile) -> None:
@@ -649,7 +675,7 @@ class ViewerWindow(QMainWindow):
         if changed:
             self._dirty_tables.add(key)
             if not self._tables_timer.isActive():
-                self._tables_timer.start()
+                self._tables_timer.start(TABLE_DEBOUNCE_MS)
 
     def _needed_tables(self) -> set[tuple[str, int]]:
         """The levels whose transfers the view uses now (the others are built when used)."""
@@ -660,13 +686,30 @@ class ViewerWindow(QMainWindow):
             needed.add(("ov", ov.level_for(self.view.pixel_size())))
         return needed
 
-    def _flush_tables(self) -> None:
+    def _flush_tables(self, force: bool = False) -> None:
         """Build the transfers of the levels in use whose statistics or settings changed
-        (workers), detector levels first."""
+        (workers), detector levels first. While tiles stream in, a level that has transfers
+        is rebuilt at most every ``TABLE_INTERVAL_MS`` and never while a build of it is still
+        running (each build re-stretches what is on screen); ``force``: now (new settings,
+        a whole overview level's statistics)."""
         if self.layout is None or not self._dirty_tables:
             return
         self._tables_timer.stop()
         todo = self._dirty_tables & self._needed_tables()
+        now = time.perf_counter()
+        wait_ms = None
+        if not force:
+            for key in list(todo):
+                if key not in self.tables:
+                    continue  # the first transfers of a level: at once
+                due = self._table_started.get(key, -1e9) + TABLE_INTERVAL_MS / 1e3
+                if self._table_building[key] or now < due:
+                    todo.discard(key)
+                    left = max(0.0, due - now) * 1e3
+                    wait_ms = left if wait_ms is None else min(wait_ms, left)
+        if wait_ms is not None:
+            # left dirty: again when due (or, if a build is running, when it is in)
+            self._tables_timer.start(max(1, int(wait_ms) + 1))
         self._dirty_tables -= todo
         for key in sorted(todo, key=lambda k: (k[0] == "ov", -k[1])):
             ls = self.level_samples.get(key)
@@ -674,6 +717,8 @@ class ViewerWindow(QMainWindow):
                 continue
             self._table_counter += 1
             self._table_jobs += 1
+            self._table_building[key] += 1
+            self._table_started[key] = now
             self.runner.submit(
                 "cpu",
                 _build_table,
@@ -681,6 +726,7 @@ class ViewerWindow(QMainWindow):
                 self.settings,
                 ls.snapshot(),
                 self.layout.amp_det,
+                self.tables.get(key),
                 on_done=lambda res, key=key, sv=self._settings_version: self._on_table(
                     key, sv, res
                 ),
@@ -688,6 +734,9 @@ class ViewerWindow(QMainWindow):
 
     def _on_table(self, key, settings_version: int, result) -> None:
         self._table_jobs -= 1
+        self._table_building[key] = max(0, self._table_building[key] - 1)
+        if key in self._dirty_tables and not self._tables_timer.isActive():
+            self._tables_timer.start(TABLE_DEBOUNCE_MS)
         transfers, hist = result
         old = self.tables.get(key)
         if settings_version != self._settings_version or (
@@ -709,9 +758,25 @@ class ViewerWindow(QMainWindow):
                 continue
             table = table_for(t.key, self.tables)
             if table is not None and t.generation != table.generation:
-                self._restretch_pending[t.key] = t
-        self._restretch_timer.start()
+                if not self._still_valid(t, table):
+                    self._restretch_pending[t.key] = t
+        if self._restretch_pending:
+            self._restretch_timer.start()
         self._schedule_settle_check()
+
+    def _still_valid(self, tile: Tile, table) -> bool:
+        """Whether the tile's index image, made with older transfers, is what ``table`` would
+        make (the rows of its amps were built from the very same samples): then it is only
+        re-tagged, not stretched again."""
+        if tile.index is None or tile.data is None or self.layout is None:
+            return False
+        rects = self.layout.rects(tile.key)
+        covered = sum((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in rects)
+        if not table.unchanged_for(tile.generation, rects, covered >= tile.data.size):
+            return False
+        tile.generation = table.generation
+        self.view.retag_tile(tile)
+        return True
 
     def _flush_restretch(self) -> None:
         """Send the tiles whose stretch or colours are out of date to the workers, those on
@@ -778,7 +843,7 @@ class ViewerWindow(QMainWindow):
             self._settings_version += 1
             self._settled_emitted = False
             self._dirty_tables |= set(self.level_samples)
-            self._flush_tables()
+            self._flush_tables(force=True)
         elif stage == "cmap":
             self._set_colour_map(new.cmap)
         self._schedule_settle_check()
@@ -928,6 +993,8 @@ class ViewerWindow(QMainWindow):
         table = table_for(key, self.tables)
         if table is None:
             return
+        if tile.generation != table.generation and tile.index is not None:
+            self._still_valid(tile, table)
         if (
             tile.index is None
             or tile.generation != table.generation
