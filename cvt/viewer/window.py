@@ -270,6 +270,7 @@ class ViewerWindow(QMainWindow):
         self.sources: dict = {}
         self._source_xy = None
         self._sources_shown = False
+        self._sources_cover = None  # (positions, the rect whose sources are drawn)
         self.health_rows: list[dict] = []
         self._pixel_busy = False
         self._pixel_next = None
@@ -529,6 +530,10 @@ class ViewerWindow(QMainWindow):
         self._settled_emitted = False
         self._opening = True
         freeze_startup()
+        # no automatic collection while the metadata is parsed (hundreds of thousands of new
+        # objects, a 25-40 ms collection on the io thread each time the threshold came round):
+        # they are frozen unscanned once the layout is in, and collections resume then
+        gc.disable()
         self.progress_label.setText(f"opening {self.url}")
         self.runner.submit(
             "io", _open, self.url, on_done=self._on_opened, on_error=self._on_open_error
@@ -536,6 +541,7 @@ class ViewerWindow(QMainWindow):
 
     def _on_open_error(self, exc: BaseException) -> None:
         self._opening = False
+        gc.enable()
         msg = str(exc) or exc.__class__.__name__
         self.progress_label.setText(f"cannot open: {msg}")
         self.open_failed.emit(msg)
@@ -584,6 +590,7 @@ class ViewerWindow(QMainWindow):
         self._refresh()
         self.overscan.reset()
         freeze_heap()
+        gc.enable()
 
     def _on_sky(self, sky) -> None:
         self.sky = sky
@@ -1113,15 +1120,13 @@ class ViewerWindow(QMainWindow):
         self.ccd_outlines.set_boxes(
             [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
         )
-        self.amp_outlines.set_boxes([tuple(b) for b in layout.amp_boxes])
+        self.amp_outlines.set_boxes(layout.amp_boxes)
         self.labels.set_labels([(name, r) for name, r in layout.rafts], min_screen_px=40)
         self.labels.add_labels([(d.name.split("_")[1], d.bounds) for d in layout.detectors], 70)
         self.labels.add_labels(
             [(f"{n.split('_')[1]} absent", r, QColor(255, 120, 120)) for n, r in layout.absent], 70
         )
-        self.labels.add_labels(
-            [(layout.amp_names[i], tuple(b)) for i, b in enumerate(layout.amp_boxes)], 45
-        )
+        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
         self.absent_layer.set_rects(
             [r for _, r in layout.absent], fill=[(255, 90, 90, 90)] * len(layout.absent)
         )
@@ -1200,13 +1205,18 @@ class ViewerWindow(QMainWindow):
                 self.sources_item.setData([], [])
                 self._sources_shown = False
             return
-        x0, y0, x1, y1 = _grow(self.view.view_rect(), 0.05)
+        view = self.view.view_rect()
+        cover = self._sources_cover
+        if self._sources_shown and cover is not None and cover[0] is xy and _inside(view, cover[1]):
+            return  # what is drawn covers the view still (setData costs 5-30 ms of Python)
+        x0, y0, x1, y1 = cover = _grow(view, 0.5)
         x, y = xy
         i0, i1 = np.searchsorted(x, [x0, x1])
         ys = y[i0:i1]
         sel = np.flatnonzero((ys >= y0) & (ys <= y1))[:20000] + i0
         self.sources_item.setData(x[sel], y[sel])
         self._sources_shown = True
+        self._sources_cover = (xy, cover) if sel.size < 20000 else None  # all, or the first
 
     # ------------------------------------------------------------------ health
 
@@ -1384,10 +1394,12 @@ class ViewerWindow(QMainWindow):
         self._closing = True
         if self.compare is not None:
             self.compare.shutdown()
-        for t in (self._restretch_timer, self._settle_timer):
+        for t in (self._restretch_timer, self._settle_timer, self._tables_timer):
             t.stop()
         self.view._fly.stop()
         self.runner.shutdown()
+        if self._opening:  # closed while an exposure was opening: collections were off
+            gc.enable()
 
 
 # ---------------------------------------------------------------------- worker functions
@@ -1483,6 +1495,11 @@ def source_positions(sources: dict):
                 sources[yn], dtype=np.float64
             )
     return None
+
+
+def _inside(a, b) -> bool:
+    """Rect ``a`` within rect ``b``."""
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
 
 
 def _grow(rect, frac: float):
