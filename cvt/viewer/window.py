@@ -635,14 +635,9 @@ class ViewerWindow(QMainWindow):
         ov = self.layout.overview
         level = tile.key.level
         nty, ntx = ov.grid(level)
-        if sum(1 for k in self.resident if k.level == level) == nty * ntx:
-            self.levels_done.add(level)
-            self._stats_jobs += 1
-            tiles = {k: t for k, t in self.resident.items() if k.level == level}
-            self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
         if level == ov.n_levels - 1 and ("ov", level) not in self.tables and tile.data is not None:
             # the first frame: a global stretch of the coarsest overview while the per-amp
-            # statistics are worked out
+            # statistics are worked out (submitted first: the first frame waits for it)
             self._table_counter += 1
             self._table_jobs += 1
             self.runner.submit(
@@ -656,6 +651,11 @@ class ViewerWindow(QMainWindow):
                     key, sv, res
                 ),
             )
+        if sum(1 for k in self.resident if k.level == level) == nty * ntx:
+            self.levels_done.add(level)
+            self._stats_jobs += 1
+            tiles = {k: t for k, t in self.resident.items() if k.level == level}
+            self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
         self._sync_overview()
         self._schedule_settle_check()
 
