@@ -31,6 +31,7 @@ from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect
 
 MAX_LABELS = 300  # labels drawn in one paint at most
+MANY_BOXES = 500
 
 
 def _qrect(r: Rect) -> QRectF:
@@ -45,7 +46,7 @@ class OutlineLayer(QGraphicsObject):
     from numpy (``pg.arrayToQPath``: no Python per box); a paint strokes the cells in the
     exposed area only (close up, a handful of amps instead of all 3,217)."""
 
-    CELLS = 8  # the grid is CELLS x CELLS
+    CELLS = 4  # the grid is CELLS x CELLS (for more than MANY_BOXES boxes; else one path)
 
     def __init__(self, colour: QColor, width: float = 1.0, min_screen_px: float = 0.0):
         super().__init__()
@@ -67,9 +68,10 @@ class OutlineLayer(QGraphicsObject):
         self._bounds = _union(b)
         self._cells = []
         if len(b):
+            n = self.CELLS if len(b) > MANY_BOXES else 1  # a path has a cost of its own
             cx, cy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
-            edges = [np.linspace(c.min(), c.max(), self.CELLS + 1)[1:-1] for c in (cx, cy)]
-            cell = np.searchsorted(edges[0], cx) * self.CELLS + np.searchsorted(edges[1], cy)
+            edges = [np.linspace(c.min(), c.max(), n + 1)[1:-1] for c in (cx, cy)]
+            cell = np.searchsorted(edges[0], cx) * n + np.searchsorted(edges[1], cy)
             for c in np.unique(cell):
                 part = b[cell == c]
                 self._cells.append((_union(part), _boxes_path(part)))
