@@ -651,3 +651,27 @@ def test_labels_drawn_per_paint_are_bounded(qapp):
     assert len(layer._static) <= 16 + 5  # each distinct text laid out once
     option.exposedRect = QRectF(0, 0, 50, 50)
     assert len(layer.visible(2.0, option.exposedRect)) < 300  # a small area: all its labels
+
+
+def test_queued_tiles_are_read_by_a_few_io_tasks(viewer, qtbot, sim_exposure):
+    """Queueing many tiles costs the GUI thread a few pool submissions, not one a tile (85 at
+    open took 24 ms), one io thread stays free for other reads, and every tile comes back."""
+    path, _ = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    submitted = []
+    submit = w.runner.submit
+
+    def counted(pool, fn, *args, **kw):
+        submitted.append(pool)
+        return submit(pool, fn, *args, **kw)
+
+    w.runner.submit = counted
+    ov = w.layout.overview
+    keys = [k for level in range(ov.n_levels) for k in ov.keys(level)]
+    got = []
+    w.loader.resident_loaded.connect(lambda t: got.append(t.key))
+    w.loader.load_resident(keys)
+    qtbot.waitUntil(lambda: len(got) == len(keys), timeout=10000)
+    assert len(keys) > 20 and 1 <= submitted.count("io") <= 3, submitted
+    assert sorted(got) == sorted(keys) and not w.loader.busy
