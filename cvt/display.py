@@ -21,6 +21,8 @@ from functools import cached_property
 
 import numpy as np
 
+from cvt import _display_kernels as _k
+
 STRETCHES = ("linear", "log", "sqrt", "asinh", "histeq")
 LIMIT_MODES = ("minmax", "percentile", "zscale", "manual")
 SCOPES = ("amp", "ccd", "global")
@@ -30,6 +32,7 @@ TRANSFER_POINTS = 1024  # breakpoints of an equalised distribution
 BODY_LUT_SIZE = 8192
 STACKED_SIZE = 1024  # steps of the per-row tables of tiles with many amps
 MANY_AMPS = 8
+MANY_PARTS = 16  # samples merged, or rows built, in one kernel call from this many
 LOG_EXPONENT = 1000.0  # ds9's default for the log stretch
 ASINH_SOFTENING = 10.0  # asinh(10 t) / asinh(10): linear near 0, logarithmic above ~0.1
 
@@ -116,8 +119,30 @@ def merge_samples(samples: Iterable[np.ndarray], size: int = SAMPLE_SIZE) -> np.
         return np.empty(0, dtype=np.float32)
     total = sum(s.size for s in parts)
     if total > 4 * size:  # thin each part first (its own order statistics): no huge sort
+        if len(parts) > MANY_PARTS:  # one kernel, not a numpy call per part
+            return sorted_sample(_thin_packed(*_pack(parts), 2 * size, total), size)
         parts = [_thin(s, max(1, round(2 * size * s.size / total))) for s in parts]
     return sorted_sample(np.concatenate(parts), size)
+
+
+def _pack(samples: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Samples as one array and their offsets (the kernels' form)."""
+    offsets = np.zeros(len(samples) + 1, dtype=np.int64)
+    np.cumsum([s.size for s in samples], out=offsets[1:])
+    values = np.concatenate(samples) if len(samples) else np.empty(0, dtype=np.float32)
+    return values, offsets
+
+
+def _thin_packed(values: np.ndarray, offsets: np.ndarray, n: int, total: int) -> np.ndarray:
+    """``_thin`` of every packed row to its share ``max(1, round(n * size / total))``."""
+    sizes = np.diff(offsets)
+    ks = np.maximum(1, np.rint(n * sizes / total)).astype(np.int64)
+    kept = np.minimum(ks, sizes)
+    out_offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(kept, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), dtype=values.dtype)
+    _k.thin_rows(values, offsets, ks, out, out_offsets)
+    return out
 
 
 def _thin(sorted_values: np.ndarray, n: int) -> np.ndarray:
@@ -337,6 +362,62 @@ def _equalise(sample: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndar
     return xs, ys
 
 
+class TransferRows(Sequence):
+    """The transfers of many scope keys as arrays (what the kernels fill): row ``r`` is
+    ``Transfer(lo[r], hi[r], curve, xs[starts[r]:][:counts[r]], ys[...])``, made when asked
+    for (a tile uses a few of thousands). ``kind``: 0 the linear map of a degenerate range or
+    of an amp without statistics, 1 the stretch curve ``stretch``, 2 equalised (``interp``)."""
+
+    def __init__(self, lo, hi, kind, stretch, xs, ys, starts, counts):
+        self.lo, self.hi, self.kind, self.stretch = lo, hi, kind, stretch
+        self.xs, self.ys, self.starts, self.counts = xs, ys, starts, counts
+        self._made: dict[int, Transfer] = {}
+
+    def __len__(self) -> int:
+        return int(self.lo.size)
+
+    def __getitem__(self, r):
+        if isinstance(r, slice):
+            return [self[i] for i in range(*r.indices(len(self)))]
+        r = int(r)
+        if r < 0:
+            r += len(self)
+        t = self._made.get(r)
+        if t is None:
+            k = int(self.kind[r])
+            if k == 2:
+                s, c = int(self.starts[r]), int(self.counts[r])
+                t = Transfer(
+                    float(self.lo[r]), float(self.hi[r]), "interp",
+                    self.xs[s : s + c], self.ys[s : s + c],
+                )  # fmt: skip
+            else:
+                curve = self.stretch if k == 1 else "linear"
+                t = Transfer(float(self.lo[r]), float(self.hi[r]), curve)
+            self._made[r] = t
+        return t
+
+    @classmethod
+    def of(cls, rows: Sequence[Transfer], stretch: str) -> TransferRows:
+        """The array form of a list of transfers."""
+        if isinstance(rows, TransferRows):
+            return rows
+        lo = np.array([t.lo for t in rows], dtype=np.float64)
+        hi = np.array([t.hi for t in rows], dtype=np.float64)
+        kind = np.array(
+            [2 if t.curve == "interp" else 0 if t.curve == "linear" else 1 for t in rows],
+            dtype=np.int8,
+        )
+        counts = np.array([t.xs.size if t.curve == "interp" else 0 for t in rows], np.int64)
+        starts = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        parts = [t for t in rows if t.curve == "interp"]
+        xs = np.concatenate([t.xs for t in parts]) if parts else np.empty(0)
+        ys = np.concatenate([t.ys for t in parts]) if parts else np.empty(0)
+        return cls(lo, hi, kind, stretch, xs.astype(np.float64), ys.astype(np.float64), starts,
+                   counts)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Transfers:
     """The transfers of every scope key and which one each amp uses.
@@ -344,14 +425,20 @@ class Transfers:
     ``row_of_amp[i]`` is the row of amp ``i`` (its own in ``amp`` scope, its CCD's in ``ccd``
     scope); ``fallback`` is the global row, used for pixels outside any amp (CCD gaps in the
     coarse overview) and for amps without statistics. ``generation`` grows with every rebuild,
-    so that work done with an old stretch can be recognised and dropped.
+    so that work done with an old stretch can be recognised and dropped. ``same_rows`` (if
+    not None): which rows are those of the transfers of generation ``same_since`` (built from
+    the very same samples under the same settings), so a tile drawn with those need not be
+    stretched again.
     """
 
     generation: int
     settings: DisplaySettings
-    rows: list[Transfer]
+    rows: Sequence[Transfer]
     row_of_amp: np.ndarray  # (n_amps,) int, -1: use the fallback
     fallback: int
+    samples: Sequence[np.ndarray] | None = None  # each row's sample (what ``same_rows`` uses)
+    same_rows: np.ndarray | None = None
+    same_since: int = -1
 
     def row(self, amp: int) -> int:
         r = int(self.row_of_amp[amp]) if 0 <= amp < self.row_of_amp.size else -1
@@ -364,25 +451,34 @@ class Transfers:
         t = self.rows[self.row(amp)]
         return t.lo, t.hi
 
+    def unchanged_for(self, generation: int, rects, covered_all: bool) -> bool:
+        """Whether an index image made with the transfers of ``generation`` for a tile whose
+        amps occupy ``rects`` (covering all its pixels or not) is the one these would make."""
+        if self.same_rows is None or generation != self.same_since:
+            return False
+        rows = [self.row(r[0]) for r in rects]
+        if not covered_all or len(rects) > MANY_AMPS:
+            rows.append(self.fallback)  # the stacked tables of many amps use it for gaps
+        return bool(self.same_rows[rows].all()) if rows else False
+
     @cached_property
     def stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every row as a lookup table of ``STACKED_SIZE`` steps over its limits, for tiles
         holding many amps (the overview): (row of label + 1, lo, steps per unit, tables with a
-        last column for NaN). Built once per ``Transfers``."""
-        n = len(self.rows)
-        lo = np.array([t.lo for t in self.rows], dtype=np.float32)
-        hi = np.array([t.hi for t in self.rows], dtype=np.float32)
+        last column for NaN). Built once per ``Transfers``, in one kernel call."""
+        arr = TransferRows.of(self.rows, self.settings.stretch)
+        n = len(arr)
+        lo = arr.lo.astype(np.float32)
+        hi = arr.hi.astype(np.float32)
         grid = np.linspace(0.0, 1.0, STACKED_SIZE)
         tables = np.zeros((n, STACKED_SIZE + 1), dtype=np.uint8)
-        shared: dict[str, np.ndarray] = {}
-        for r, t in enumerate(self.rows if self.settings.stretch == "histeq" else ()):
-            if t.curve == "interp":
-                y = np.interp(t.lo + grid * (t.hi - t.lo), t.xs, t.ys)
-            else:
-                if t.curve not in shared:
-                    shared[t.curve] = stretch_curve(t.curve, grid)
-                y = shared[t.curve]
-            tables[r, :STACKED_SIZE] = _to_index(y.astype(np.float32))
+        if self.settings.stretch == "histeq":
+            interp = np.flatnonzero(arr.kind == 2)
+            _k.interp_index_rows(
+                interp, arr.lo, arr.hi, grid, arr.xs, arr.ys, arr.starts, arr.counts, tables
+            )
+            # the other rows are the linear map of a degenerate range
+            tables[arr.kind != 2, :STACKED_SIZE] = _to_index(grid.astype(np.float32))
         steps = np.float32(STACKED_SIZE - 1) / np.maximum(hi - lo, np.float32(1e-30))
         rows = np.r_[self.fallback, np.where(self.row_of_amp >= 0, self.row_of_amp, self.fallback)]
         return rows.astype(np.int32), lo, steps.astype(np.float32), tables
@@ -414,38 +510,106 @@ def build_transfers(
     amp_samples: Sequence[np.ndarray],
     amp_ccd: Sequence[int],
     n: int = TRANSFER_POINTS,
+    previous: Transfers | None = None,
+    global_sample: np.ndarray | None = None,
 ) -> Transfers:
     """Transfers for every amp, by ``settings.scope``, from per-amp sorted samples.
 
     ``amp_ccd[i]`` is the CCD index of amp ``i``; CCD and global samples are merged from the
-    amps' samples (so an amp with more pixels in the sample weighs more).
+    amps' samples (so an amp with more pixels in the sample weighs more). Rows built from the
+    very same sample objects as ``previous`` under the same settings are marked in
+    ``same_rows``; ``global_sample``: ``merge_samples(amp_samples)`` if the caller has it.
     """
     n_amps = len(amp_samples)
     amp_ccd = np.asarray(amp_ccd, dtype=np.int64)
-    global_sample = merge_samples(amp_samples)
+    if global_sample is None:
+        global_sample = merge_samples(amp_samples)
+    sizes = np.fromiter((s.size for s in amp_samples), dtype=np.int64, count=n_amps)
     if settings.scope == "amp":
         samples = [*amp_samples, global_sample]
-        row_of_amp = np.array(
-            [i if amp_samples[i].size else -1 for i in range(n_amps)], dtype=np.int64
-        )
+        row_of_amp = np.where(sizes > 0, np.arange(n_amps), -1).astype(np.int64)
     elif settings.scope == "ccd":
         n_ccd = int(amp_ccd.max()) + 1 if n_amps else 0
         groups: list[list[np.ndarray]] = [[] for _ in range(n_ccd)]
         for i, s in enumerate(amp_samples):
             groups[amp_ccd[i]].append(s)
         samples = [merge_samples(g) for g in groups] + [global_sample]
-        row_of_amp = np.array(
-            [amp_ccd[i] if samples[amp_ccd[i]].size else -1 for i in range(n_amps)],
-            dtype=np.int64,
+        ccd_sizes = np.array([s.size for s in samples[:-1]], dtype=np.int64)
+        row_of_amp = (
+            np.where(ccd_sizes[amp_ccd] > 0, amp_ccd, -1).astype(np.int64)
+            if n_amps
+            else np.zeros(0, dtype=np.int64)
         )
     else:
         samples = [global_sample]
         row_of_amp = np.zeros(n_amps, dtype=np.int64)
-    unused = Transfer(0.0, 1.0, "linear")  # the row of an amp without statistics: never used
-    rows = [transfer(s, settings, n) if s.size else unused for s in samples]
-    if not samples[-1].size:  # the global row is the fallback: always a real transfer
-        rows[-1] = transfer(samples[-1], settings, n)
-    return Transfers(generation, settings, rows, row_of_amp, len(samples) - 1)
+    if len(samples) > MANY_PARTS:
+        rows: Sequence[Transfer] = _transfer_rows(samples, settings, n)
+    else:
+        unused = Transfer(0.0, 1.0, "linear")  # the row of an amp without statistics: never used
+        rows = [transfer(s, settings, n) if s.size else unused for s in samples]
+        if not samples[-1].size:  # the global row is the fallback: always a real transfer
+            rows[-1] = transfer(samples[-1], settings, n)
+    same, since = None, -1
+    if (
+        previous is not None
+        and previous.settings == settings
+        and previous.samples is not None
+        and len(previous.samples) == len(samples)
+    ):
+        same = np.fromiter(
+            (a is b for a, b in zip(samples, previous.samples)), dtype=bool, count=len(samples)
+        )
+        since = previous.generation
+    return Transfers(generation, settings, rows, row_of_amp, len(samples) - 1, samples, same, since)
+
+
+def _transfer_rows(
+    samples: Sequence[np.ndarray], settings: DisplaySettings, n: int
+) -> TransferRows:
+    """``transfer`` of every sample (an empty one but the last: the unused row), vectorised:
+    the same numbers as the loop, in a few kernel calls that leave the interpreter lock free."""
+    m = len(samples)
+    values, offsets = _pack(samples)
+    sizes = np.diff(offsets)
+    real = sizes > 0
+    real[-1] = True
+    lo = np.zeros(m)
+    hi = np.ones(m)
+    if settings.limits == "manual":
+        lo[real], hi[real] = float(settings.manual[0]), float(settings.manual[1])
+    elif settings.limits == "minmax":
+        full = np.flatnonzero(sizes > 0)
+        lo[full] = values[offsets[full]]
+        hi[full] = values[offsets[full + 1] - 1]
+    elif settings.limits == "percentile":
+        p_lo, p_hi = np.true_divide(settings.percentile, 100)
+        _k.percentile_rows(values, offsets, float(p_lo), float(p_hi), lo, hi)
+    else:  # zscale: per row (an iterative fit; the 1000-value subsample keeps it cheap)
+        for r in np.flatnonzero(sizes > 0).tolist():
+            lo[r], hi[r] = zscale_limits(samples[r], contrast=settings.contrast)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    lo[bad], hi[bad] = 0.0, 1.0
+    swap = hi < lo
+    lo[swap], hi[swap] = hi[swap], lo[swap]
+    eps = np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0) * 1e-6
+    degenerate = hi - lo <= eps
+    hi[degenerate] = lo[degenerate] + eps[degenerate]
+    kind = np.where(degenerate | ~real, 0, 2 if settings.stretch == "histeq" else 1)
+    kind = kind.astype(np.int8)
+    lo[~real], hi[~real] = 0.0, 1.0
+    counts = np.zeros(m, dtype=np.int64)
+    starts = np.zeros(m, dtype=np.int64)
+    eq = np.flatnonzero(kind == 2)
+    room = np.where(kind == 2, np.minimum(sizes, n) + 2, 0)
+    np.cumsum(room[:-1], out=starts[1:])
+    xs = np.empty(int(room.sum()))
+    ys = np.empty(int(room.sum()))
+    if eq.size:
+        dt = values.dtype.type
+        lo_cmp, hi_cmp = lo.astype(dt), hi.astype(dt)
+        _k.equalise_rows(values, offsets, eq, lo, hi, lo_cmp, hi_cmp, n, xs, ys, starts, counts)
+    return TransferRows(lo, hi, kind, settings.stretch, xs, ys, starts, counts)
 
 
 def apply_transfer(data: np.ndarray, fn: Transfer) -> np.ndarray:
@@ -634,3 +798,16 @@ def argb_lut(name: str) -> np.ndarray:
 def colourise(index: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Index image to premultiplied ARGB32 pixels (the colour-map stage: a table lookup)."""
     return np.take(lut, index)
+
+
+def warm_up() -> None:
+    """Load the compiled kernels (numba's cache) on tiny inputs: at start-up, not on a worker
+    while the first frame is drawn (loading them holds the interpreter lock)."""
+    rng = np.random.default_rng(0)
+    samples = [np.sort(rng.random(8).astype(np.float32)) for _ in range(MANY_PARTS + 1)]
+    samples.append(np.empty(0, dtype=np.float32))
+    for stretch, limits in (("histeq", "minmax"), ("histeq", "percentile")):
+        t = build_transfers(0, DisplaySettings(stretch=stretch, limits=limits), samples,
+                            np.zeros(len(samples), dtype=np.int64))  # fmt: skip
+        t.stacked  # noqa: B018
+    merge_samples([np.sort(rng.random(4 * SAMPLE_SIZE).astype(np.float32))] * (MANY_PARTS + 1))

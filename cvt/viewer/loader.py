@@ -82,6 +82,10 @@ class TaskRunner(QObject):
         self._finished.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def outstanding(self) -> int:
         """Tasks submitted whose result has not been delivered yet."""
         return self._outstanding
@@ -181,7 +185,7 @@ class TileLoader(QObject):
         self.cache = cache
         self._heap: list[_Request] = []
         self._queued: dict[TileKey, _Request] = {}
-        self._in_flight: set[TileKey] = set()
+        self._in_flight: dict[TileKey, int] = {}  # tiles being read, and their epoch
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self.generation = 0
@@ -202,6 +206,7 @@ class TileLoader(QObject):
         self.failures: dict[TileKey, Failure] = {}  # read errors waiting for their retry
         self._retry_timer = QTimer(self, singleShot=True)
         self._retry_timer.timeout.connect(self._retry_due)
+        self._readers = 0  # io tasks reading queued tiles
         self._response.connect(self._on_response)
 
     # --- configuration (GUI thread)
@@ -213,6 +218,9 @@ class TileLoader(QObject):
                 r.cancelled = True
             self._queued.clear()
             self._heap.clear()
+            # reads under way are of the old exposure: their responses are dropped, and the
+            # same tile key of the new one is read again, not taken for one in flight
+            self._in_flight.clear()
             self.epoch += 1
             self.exposure, self.images, self.layout = exposure, images, layout
             self.wanted = set()
@@ -289,34 +297,57 @@ class TileLoader(QObject):
             heapq.heappush(self._heap, req)
             self._queued[req.key] = req
             self.requested += 1
-        self.runner.submit("io", self._run_next)
+            # a few readers, each reading until the queue is empty (queueing the 85 overview
+            # tiles at open was 85 pool submissions, 24 ms of the GUI thread); one io thread
+            # is left to the other io tasks (pixel values, headers, tables)
+            if self._readers >= max(1, self.runner.pools["io"]._max_workers - 1):
+                return
+            self._readers += 1
+        if self.runner.submit("io", self._read_queued) is None:  # shut down
+            with self._lock:
+                self._readers -= 1
 
     # --- the workers
 
-    def _run_next(self) -> None:
-        with self._lock:
-            while self._heap:
-                req = heapq.heappop(self._heap)
-                if not req.cancelled:
-                    break
-            else:
-                return
-            del self._queued[req.key]
-            self._in_flight.add(req.key)
-            epoch, exposure, images, layout = self.epoch, self.exposure, self.images, self.layout
-            self.reads += 1
-        try:
-            tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
-        except Exception as exc:  # a response always comes back: the key must leave in-flight
-            tile = Tile(req.key, None, absent=f"read error: {type(exc).__name__}: {exc}")
-        self._response.emit((epoch, req, tile))
+    def _read_queued(self) -> None:
+        """Read the best queued tile, then the next, until none is left (or the runner shuts
+        down). A tile that fails to read still comes back (absent, with the reason), so its key
+        always leaves in-flight."""
+        while True:
+            with self._lock:
+                while self._heap:
+                    req = heapq.heappop(self._heap)
+                    if not req.cancelled:
+                        break
+                else:
+                    req = None
+                if req is None or self.runner.closed:
+                    self._readers -= 1
+                    return
+                del self._queued[req.key]
+                self._in_flight[req.key] = self.epoch
+                epoch, exposure, images = self.epoch, self.exposure, self.images
+                layout = self.layout
+                self.reads += 1
+            try:
+                tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
+            except Exception as exc:
+                tile = Tile(req.key, None, absent=f"read error: {type(exc).__name__}: {exc}")
+            except BaseException:
+                with self._lock:
+                    self._readers -= 1
+                    if self._in_flight.get(req.key) == epoch:
+                        del self._in_flight[req.key]
+                raise
+            self._response.emit((epoch, req, tile))
 
     # --- responses (GUI thread)
 
     def _on_response(self, item) -> None:
         epoch, req, tile = item
         with self._lock:
-            self._in_flight.discard(req.key)
+            if self._in_flight.get(req.key) == epoch:
+                del self._in_flight[req.key]
         if epoch != self.epoch:
             return
         if is_read_error(tile):

@@ -215,9 +215,16 @@ class FocalPlaneView(pg.GraphicsView):
                 self.vb.addItem(item, ignoreBounds=True)
             item.setVisible(True)
         item.setZValue(z)
-        item.set_image(tile.argb)
+        if item.pixels is not tile.argb:  # an upload costs ~1.3 ms a tile: only new pixels
+            item.set_image(tile.argb)
         item.place(rect)
         self._tiles[tile.key] = (tile, tile.generation, tile.colour)
+
+    def retag_tile(self, tile: Tile) -> None:
+        """The tile drawn is unchanged but now stands for the generation it carries."""
+        shown = self._tiles.get(tile.key)
+        if shown is not None and shown[0] is tile:
+            self._tiles[tile.key] = (tile, tile.generation, shown[2])
 
     def hide_tile(self, key: TileKey) -> None:
         item = self._items.pop(key, None)

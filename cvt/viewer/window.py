@@ -15,6 +15,7 @@ statistic and stretch runs on the workers (``cvt.viewer.loader``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -53,6 +54,7 @@ from cvt.display import (
     histogram,
     merge_samples,
     sorted_sample,
+    warm_up,
 )
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
@@ -79,6 +81,8 @@ Z_SOURCES = 90
 Z_LABEL = 95
 Z_HIGHLIGHT = 99
 RESTRETCH_BATCH = 6
+TABLE_DEBOUNCE_MS = 40  # statistics that change are gathered this long before a rebuild
+TABLE_INTERVAL_MS = 200  # a level's transfers are rebuilt at most this often while tiles stream
 SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this many data pixels
 HEAT_CMAP = "plasma"
 GIL_SWITCH_S = 0.0005
@@ -102,6 +106,23 @@ def freeze_heap() -> None:
         gc.collect()
     gc.freeze()
     _heap_frozen = True
+
+
+_warm = False
+
+
+def warm_start() -> None:
+    """Once, before the first window shows: what would otherwise first run on a worker while
+    the first frame is drawn, holding the interpreter lock: loading the display kernels
+    (numba's cache, ~0.4 s) and importing astropy (the sky position's header parsing, ~0.5
+    s)."""
+    global _warm
+    if _warm:
+        return
+    _warm = True
+    warm_up()
+    with contextlib.suppress(ImportError):  # without it, the sky readout says why it has none
+        import astropy.io.fits  # noqa: F401
 
 
 def freeze_startup() -> None:
@@ -148,10 +169,12 @@ def _preview_table(generation: int, settings: DisplaySettings, data: np.ndarray,
     return _build_table(generation, settings.with_(scope="global"), samples, np.zeros(n_amps))
 
 
-def _build_table(generation: int, settings: DisplaySettings, samples, amp_det):
+def _build_table(generation: int, settings: DisplaySettings, samples, amp_det, previous=None):
     """Worker: the transfers of one level, and the histogram of its data for the panel."""
-    transfers = build_transfers(generation, settings, samples, amp_det)
     merged = merge_samples(samples)
+    transfers = build_transfers(
+        generation, settings, samples, amp_det, previous=previous, global_sample=merged
+    )
     lo, hi = transfers.limits()
     if merged.size:
         a, b = float(merged[0]), float(merged[-1])
@@ -204,6 +227,7 @@ class ViewerWindow(QMainWindow):
         # worker threads run Python too: hand the interpreter lock back to the GUI thread
         # within a millisecond, not the default five, so that a frame never queues behind them
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_S))
+        warm_start()
         self.setWindowTitle("CVT")
         self.settings = DisplaySettings()
         self.runner = TaskRunner(io_threads, cpu_threads, self)
@@ -227,6 +251,8 @@ class ViewerWindow(QMainWindow):
         self._settings_version = 0
         self._dirty_tables: set[tuple[str, int]] = set()
         self._table_jobs = 0
+        self._table_building: dict[tuple[str, int], int] = defaultdict(int)  # builds in flight
+        self._table_started: dict[tuple[str, int], float] = {}  # when the last build started
         self._stretch_jobs = 0
         self._colour_version = 0
         self.lut = argb_lut(self.settings.cmap)
@@ -248,6 +274,7 @@ class ViewerWindow(QMainWindow):
         self.sources: dict = {}
         self._source_xy = None
         self._sources_shown = False
+        self._sources_cover = None  # (positions, the rect whose sources are drawn)
         self.health_rows: list[dict] = []
         self._pixel_busy = False
         self._pixel_next = None
@@ -262,7 +289,7 @@ class ViewerWindow(QMainWindow):
         self._build_ui()
         self._restretch_timer = QTimer(self, singleShot=True, interval=0)
         self._restretch_timer.timeout.connect(self._flush_restretch)
-        self._tables_timer = QTimer(self, singleShot=True, interval=40)
+        self._tables_timer = QTimer(self, singleShot=True, interval=TABLE_DEBOUNCE_MS)
         self._tables_timer.timeout.connect(self._flush_tables)
         self._settle_timer = QTimer(self, singleShot=True, interval=0)
         self._settle_timer.timeout.connect(self._check_settled)
@@ -514,6 +541,10 @@ class ViewerWindow(QMainWindow):
         freeze_startup()
         self._open_seq += 1
         self._keep_view = self.view.view_rect() if keep_view and self.layout is not None else None
+        # no automatic collection while the metadata is parsed (hundreds of thousands of new
+        # objects, a 25-40 ms collection on the io thread each time the threshold came round):
+        # they are frozen unscanned once the layout is in, and collections resume then
+        gc.disable()
         self.progress_label.setText(f"opening {self.url}")
         seq = self._open_seq
         self.runner.submit(
@@ -538,6 +569,7 @@ class ViewerWindow(QMainWindow):
 
     def _on_open_error(self, exc: BaseException) -> None:
         self._opening = False
+        gc.enable()
         msg = str(exc) or exc.__class__.__name__
         self.progress_label.setText(f"cannot open: {msg}")
         self.open_failed.emit(msg)
@@ -592,6 +624,7 @@ class ViewerWindow(QMainWindow):
         self._refresh()
         self.overscan.reset()
         freeze_heap()
+        gc.enable()
 
     def _on_sky(self, sky) -> None:
         self.sky = sky
@@ -644,14 +677,9 @@ class ViewerWindow(QMainWindow):
         ov = self.layout.overview
         level = tile.key.level
         nty, ntx = ov.grid(level)
-        if sum(1 for k in self.resident if k.level == level) == nty * ntx:
-            self.levels_done.add(level)
-            self._stats_jobs += 1
-            tiles = {k: t for k, t in self.resident.items() if k.level == level}
-            self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
         if level == ov.n_levels - 1 and ("ov", level) not in self.tables and tile.data is not None:
             # the first frame: a global stretch of the coarsest overview while the per-amp
-            # statistics are worked out
+            # statistics are worked out (submitted first: the first frame waits for it)
             self._table_counter += 1
             self._table_jobs += 1
             self.runner.submit(
@@ -665,6 +693,11 @@ class ViewerWindow(QMainWindow):
                     key, sv, res
                 ),
             )
+        if sum(1 for k in self.resident if k.level == level) == nty * ntx:
+            self.levels_done.add(level)
+            self._stats_jobs += 1
+            tiles = {k: t for k, t in self.resident.items() if k.level == level}
+            self.runner.submit("cpu", _stats, self.layout, level, tiles, on_done=self._on_stats)
         self._sync_overview()
         self._schedule_settle_check()
 
@@ -674,7 +707,7 @@ class ViewerWindow(QMainWindow):
         level, samples = result
         self.level_samples[("ov", level)] = LevelSamples.complete(samples)
         self._dirty_tables.add(("ov", level))
-        self._flush_tables()
+        self._flush_tables(force=True)
         self._schedule_settle_check()  # the flush may start nothing: this was the last job
 
     def _on_tile_read(self, tile: Tile) -> None:
@@ -691,7 +724,7 @@ class ViewerWindow(QMainWindow):
         if changed:
             self._dirty_tables.add(key)
             if not self._tables_timer.isActive():
-                self._tables_timer.start()
+                self._tables_timer.start(TABLE_DEBOUNCE_MS)
 
     def _needed_tables(self) -> set[tuple[str, int]]:
         """The levels whose transfers the view uses now (the others are built when used)."""
@@ -702,13 +735,30 @@ class ViewerWindow(QMainWindow):
             needed.add(("ov", ov.level_for(self.view.pixel_size())))
         return needed
 
-    def _flush_tables(self) -> None:
+    def _flush_tables(self, force: bool = False) -> None:
         """Build the transfers of the levels in use whose statistics or settings changed
-        (workers), detector levels first."""
+        (workers), detector levels first. While tiles stream in, a level that has transfers
+        is rebuilt at most every ``TABLE_INTERVAL_MS`` and never while a build of it is still
+        running (each build re-stretches what is on screen); ``force``: now (new settings,
+        a whole overview level's statistics)."""
         if self.layout is None or not self._dirty_tables:
             return
         self._tables_timer.stop()
         todo = self._dirty_tables & self._needed_tables()
+        now = time.perf_counter()
+        wait_ms = None
+        if not force:
+            for key in list(todo):
+                if key not in self.tables:
+                    continue  # the first transfers of a level: at once
+                due = self._table_started.get(key, -1e9) + TABLE_INTERVAL_MS / 1e3
+                if self._table_building[key] or now < due:
+                    todo.discard(key)
+                    left = max(0.0, due - now) * 1e3
+                    wait_ms = left if wait_ms is None else min(wait_ms, left)
+        if wait_ms is not None:
+            # left dirty: again when due (or, if a build is running, when it is in)
+            self._tables_timer.start(max(1, int(wait_ms) + 1))
         self._dirty_tables -= todo
         for key in sorted(todo, key=lambda k: (k[0] == "ov", -k[1])):
             ls = self.level_samples.get(key)
@@ -716,6 +766,8 @@ class ViewerWindow(QMainWindow):
                 continue
             self._table_counter += 1
             self._table_jobs += 1
+            self._table_building[key] += 1
+            self._table_started[key] = now
             self.runner.submit(
                 "cpu",
                 _build_table,
@@ -723,6 +775,7 @@ class ViewerWindow(QMainWindow):
                 self.settings,
                 ls.snapshot(),
                 self.layout.amp_det,
+                self.tables.get(key),
                 on_done=lambda res, key=key, sv=self._settings_version: self._on_table(
                     key, sv, res
                 ),
@@ -730,6 +783,9 @@ class ViewerWindow(QMainWindow):
 
     def _on_table(self, key, settings_version: int, result) -> None:
         self._table_jobs -= 1
+        self._table_building[key] = max(0, self._table_building[key] - 1)
+        if key in self._dirty_tables and not self._tables_timer.isActive():
+            self._tables_timer.start(TABLE_DEBOUNCE_MS)
         transfers, hist = result
         old = self.tables.get(key)
         if settings_version != self._settings_version or (
@@ -751,9 +807,25 @@ class ViewerWindow(QMainWindow):
                 continue
             table = table_for(t.key, self.tables)
             if table is not None and t.generation != table.generation:
-                self._restretch_pending[t.key] = t
-        self._restretch_timer.start()
+                if not self._still_valid(t, table):
+                    self._restretch_pending[t.key] = t
+        if self._restretch_pending:
+            self._restretch_timer.start()
         self._schedule_settle_check()
+
+    def _still_valid(self, tile: Tile, table) -> bool:
+        """Whether the tile's index image, made with older transfers, is what ``table`` would
+        make (the rows of its amps were built from the very same samples): then it is only
+        re-tagged, not stretched again."""
+        if tile.index is None or tile.data is None or self.layout is None:
+            return False
+        rects = self.layout.rects(tile.key)
+        covered = sum((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in rects)
+        if not table.unchanged_for(tile.generation, rects, covered >= tile.data.size):
+            return False
+        tile.generation = table.generation
+        self.view.retag_tile(tile)
+        return True
 
     def _flush_restretch(self) -> None:
         """Send the tiles whose stretch or colours are out of date to the workers, those on
@@ -820,7 +892,7 @@ class ViewerWindow(QMainWindow):
             self._settings_version += 1
             self._settled_emitted = False
             self._dirty_tables |= set(self.level_samples)
-            self._flush_tables()
+            self._flush_tables(force=True)
         elif stage == "cmap":
             self._set_colour_map(new.cmap)
         self._schedule_settle_check()
@@ -972,6 +1044,8 @@ class ViewerWindow(QMainWindow):
         table = table_for(key, self.tables)
         if table is None:
             return
+        if tile.generation != table.generation and tile.index is not None:
+            self._still_valid(tile, table)
         if (
             tile.index is None
             or tile.generation != table.generation
@@ -1096,15 +1170,13 @@ class ViewerWindow(QMainWindow):
         self.ccd_outlines.set_boxes(
             [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
         )
-        self.amp_outlines.set_boxes([tuple(b) for b in layout.amp_boxes])
+        self.amp_outlines.set_boxes(layout.amp_boxes)
         self.labels.set_labels([(name, r) for name, r in layout.rafts], min_screen_px=40)
         self.labels.add_labels([(d.name.split("_")[1], d.bounds) for d in layout.detectors], 70)
         self.labels.add_labels(
             [(f"{n.split('_')[1]} absent", r, QColor(255, 120, 120)) for n, r in layout.absent], 70
         )
-        self.labels.add_labels(
-            [(layout.amp_names[i], tuple(b)) for i, b in enumerate(layout.amp_boxes)], 45
-        )
+        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
         self.absent_layer.set_rects(
             [r for _, r in layout.absent], fill=[(255, 90, 90, 90)] * len(layout.absent)
         )
@@ -1183,13 +1255,18 @@ class ViewerWindow(QMainWindow):
                 self.sources_item.setData([], [])
                 self._sources_shown = False
             return
-        x0, y0, x1, y1 = _grow(self.view.view_rect(), 0.05)
+        view = self.view.view_rect()
+        cover = self._sources_cover
+        if self._sources_shown and cover is not None and cover[0] is xy and _inside(view, cover[1]):
+            return  # what is drawn covers the view still (setData costs 5-30 ms of Python)
+        x0, y0, x1, y1 = cover = _grow(view, 0.5)
         x, y = xy
         i0, i1 = np.searchsorted(x, [x0, x1])
         ys = y[i0:i1]
         sel = np.flatnonzero((ys >= y0) & (ys <= y1))[:20000] + i0
         self.sources_item.setData(x[sel], y[sel])
         self._sources_shown = True
+        self._sources_cover = (xy, cover) if sel.size < 20000 else None  # all, or the first
 
     # ------------------------------------------------------------------ health
 
@@ -1368,10 +1445,12 @@ class ViewerWindow(QMainWindow):
         if self.compare is not None:
             self.compare.shutdown()
         self.follower.stop()
-        for t in (self._restretch_timer, self._settle_timer):
+        for t in (self._restretch_timer, self._settle_timer, self._tables_timer):
             t.stop()
         self.view._fly.stop()
         self.runner.shutdown()
+        if self._opening:  # closed while an exposure was opening: collections were off
+            gc.enable()
 
 
 # ---------------------------------------------------------------------- worker functions
@@ -1467,6 +1546,11 @@ def source_positions(sources: dict):
                 sources[yn], dtype=np.float64
             )
     return None
+
+
+def _inside(a, b) -> bool:
+    """Rect ``a`` within rect ``b``."""
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
 
 
 def _grow(rect, frac: float):

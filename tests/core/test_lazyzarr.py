@@ -55,3 +55,37 @@ def test_missing_root_is_an_error(tmp_path):
     (tmp_path / "z.zarr").mkdir()
     with pytest.raises(FileNotFoundError):
         open_group(zarr.storage.LocalStore(str(tmp_path / "z.zarr"), read_only=True))
+
+
+def test_root_parse_lets_other_threads_run(store_path):
+    """The root document is the same as ``json.loads`` gives, parsed in steps that hand the
+    interpreter lock over (a 2 MB document parsed in one C call stalled the GUI thread)."""
+    import json
+    import sys
+    import threading
+    import time
+
+    from core.lazyzarr import read_root
+
+    store = zarr.storage.LocalStore(str(store_path), read_only=True)
+    assert read_root(store) == json.loads((store_path / "zarr.json").read_text())
+    big = {f"n{i}": {"node_type": "array", "shape": [i, 2], "attributes": {"k": [1, 2]}}
+           for i in range(60_000)}  # fmt: skip
+    text = json.dumps({"node_type": "group", "consolidated_metadata": {"metadata": big}})
+    (store_path / "zarr.json").write_text(text)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        done, gaps = threading.Event(), []
+        t = threading.Thread(target=lambda: (read_root(store), done.set()))
+        last = time.perf_counter()
+        t.start()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert len(gaps) > 5 and max(gaps) < 0.5 * sum(gaps)  # not one long hold

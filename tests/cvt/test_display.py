@@ -323,3 +323,125 @@ def test_tiles_of_many_amps_match_the_per_amp_transfers(stretch):
         want[r0:r1, c0:c1] = t.apply(data[r0:r1, c0:c1], amp)
     assert np.abs(got.astype(int) - want).max() <= 1  # float rounding; table steps for histeq
     assert (got[:3] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorised table builds against the per-amp loops they replace
+
+
+def _amp_samples(seed: int, n: int = 120) -> list[np.ndarray]:
+    """Per-amp samples as the viewer makes them (``sorted_sample`` of data with NaN), of many
+    shapes: noise, steps (repeated values), a constant (dead) amp, all-NaN and tiny amps."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        size = int(rng.choice([3, 40, 900, 5000, 20000]))
+        x = rng.normal(100 * (i % 5), 1 + i % 4, size)
+        if i % 6 == 1:
+            x = np.round(x)  # few distinct values: equal ranks share their mid-rank
+        x[rng.random(size) < 0.05] = np.nan
+        if i % 11 == 3:
+            x[:] = 42.0  # a dead amp
+        if i % 13 == 4:
+            x[:] = np.nan  # no finite value: no statistics
+        if i % 17 == 5:
+            x[: size // 2] = 1e6  # saturated half
+        out.append(d.sorted_sample(x))
+    return out
+
+
+def _loop_transfers(settings, samples, n=d.TRANSFER_POINTS):
+    """The per-row loop ``build_transfers`` used to run (and still runs for a few rows)."""
+    unused = d.Transfer(0.0, 1.0, "linear")
+    rows = [d.transfer(s, settings, n) if s.size else unused for s in samples]
+    if not samples[-1].size:
+        rows[-1] = d.transfer(samples[-1], settings, n)
+    return rows
+
+
+def _same_transfer(a: d.Transfer, b: d.Transfer) -> bool:
+    if (a.lo, a.hi, a.curve) != (b.lo, b.hi, b.curve):
+        return False
+    if a.curve != "interp":
+        return True
+    return np.array_equal(a.xs, b.xs) and np.array_equal(a.ys, b.ys)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        d.DisplaySettings(),
+        d.DisplaySettings(stretch="histeq", limits="percentile", percentile=(0.5, 99.5)),
+        d.DisplaySettings(stretch="histeq", limits="percentile", percentile=(10.0, 90.0)),
+        d.DisplaySettings(stretch="histeq", limits="zscale"),
+        d.DisplaySettings(stretch="histeq", limits="manual", manual=(90.0, 210.0)),
+        d.DisplaySettings(stretch="asinh", limits="percentile"),
+        d.DisplaySettings(stretch="linear", limits="minmax"),
+    ],
+)
+def test_vectorised_transfers_equal_the_per_amp_loop(seed, settings):
+    samples = _amp_samples(seed)
+    samples.append(d.merge_samples(samples))  # the global row
+    assert len(samples) > d.MANY_PARTS
+    got = d._transfer_rows(samples, settings, d.TRANSFER_POINTS)
+    want = _loop_transfers(settings, samples)
+    bad = [r for r in range(len(want)) if not _same_transfer(got[r], want[r])]
+    assert not bad, (bad[:5], got[bad[0]], want[bad[0]])
+    # with no finite value anywhere, the fallback is still a real transfer
+    empty = [np.empty(0, np.float32)] * (d.MANY_PARTS + 2)
+    got = d._transfer_rows(empty, settings, d.TRANSFER_POINTS)
+    want = _loop_transfers(settings, empty)
+    assert all(_same_transfer(got[r], want[r]) for r in range(len(want)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_packed_merge_equals_the_per_part_merge(seed):
+    samples = _amp_samples(seed, 300)
+    parts = [s for s in samples if s.size]
+    total = sum(s.size for s in parts)
+    size = d.SAMPLE_SIZE
+    want = d.sorted_sample(
+        np.concatenate([d._thin(s, max(1, round(2 * size * s.size / total))) for s in parts]),
+        size,
+    )
+    assert total > 4 * size and len(parts) > d.MANY_PARTS
+    assert np.array_equal(d.merge_samples(samples), want)
+
+
+@pytest.mark.parametrize("stretch", ["histeq", "log"])
+def test_stacked_tables_equal_the_per_row_interpolation(stretch):
+    samples = _amp_samples(3)
+    t = d.build_transfers(1, d.DisplaySettings(stretch=stretch), samples, np.arange(120) // 16)
+    rows_of, lo, steps, tables = t.stacked
+    grid = np.linspace(0.0, 1.0, d.STACKED_SIZE)
+    for r, row in enumerate(t.rows if stretch == "histeq" else ()):
+        if row.curve == "interp":
+            y = np.interp(row.lo + grid * (row.hi - row.lo), row.xs, row.ys)
+        else:
+            y = d.stretch_curve(row.curve, grid)
+        assert np.array_equal(tables[r, : d.STACKED_SIZE], d._to_index(y.astype(np.float32))), r
+    assert lo.tolist() == np.float32([row.lo for row in t.rows]).tolist()
+    assert rows_of[0] == t.fallback
+
+
+def test_rows_from_the_same_samples_are_marked_unchanged():
+    samples = _amp_samples(4)
+    s = d.DisplaySettings()
+    first = d.build_transfers(1, s, samples, np.arange(120) // 16)
+    assert first.same_rows is None
+    later = list(samples)
+    later[7] = d.sorted_sample(np.arange(50.0))
+    second = d.build_transfers(2, s, later, np.arange(120) // 16, previous=first)
+    assert second.same_since == 1
+    changed = np.flatnonzero(~second.same_rows).tolist()
+    assert changed == [7, second.fallback]  # that amp and the global row
+    rect = [(3, 0, 10, 0, 10)]
+    assert second.unchanged_for(1, rect, covered_all=True)
+    assert not second.unchanged_for(1, [(7, 0, 10, 0, 10)], covered_all=True)
+    assert not second.unchanged_for(1, rect, covered_all=False)  # the global row changed
+    assert not second.unchanged_for(0, rect, covered_all=True)  # not made with generation 1
+    other = d.build_transfers(
+        3, s.with_(stretch="log"), later, np.arange(120) // 16, previous=second
+    )
+    assert other.same_rows is None  # other settings: nothing carries over

@@ -584,3 +584,94 @@ def test_heartbeat_accounts_for_each_long_gap():
         "4: GIL (workers) 2, GUI busy 1, waiting for a core 1"
     )
     assert "other processes  80.0" in core.line()
+
+
+def test_table_rebuilds_are_bounded_while_tiles_stream_in(viewer, qtbot, sim_exposure):
+    """Each rebuild of a level's transfers re-stretches what is shown: while tiles stream in
+    (statistics changing with each) and the view moves, a level is rebuilt at most every
+    ``TABLE_INTERVAL_MS``, one build at a time, and the last statistics are still used."""
+    import time
+
+    from cvt.viewer.tiles import Tile, TileKey
+    from cvt.viewer.window import TABLE_INTERVAL_MS
+
+    path, _ = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    assert w.goto("R22_S11")
+    wait_settled(qtbot, w)
+    level = w._wanted[0].level
+    key = ("det", level)
+    det = w.layout.by_name["R22_S11"]
+    amps = range(det.amp_start, det.amp_start + len(det.amps))
+    rng = np.random.default_rng(0)
+    built = w._table_counter
+    t0 = time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < 1.0:  # a tile's statistics every 5 ms, the view moving
+        amp = amps[n % len(amps)]
+        sample = np.sort(rng.normal(1000, 5, 4).astype(np.float32))
+        w._on_tile_read(Tile(TileKey("R22_S11", level, 0, 0), None, samples={amp: sample}))
+        w.view.pan(0.0005 * (-1) ** n, 0)
+        qtbot.wait(5)
+        n += 1
+    seconds = time.perf_counter() - t0
+    builds = w._table_counter - built
+    assert n > 50 and 1 <= builds <= seconds * 1000 / TABLE_INTERVAL_MS + 2, (n, builds)
+    wait_settled(qtbot, w)
+    assert key not in w._dirty_tables  # the last statistics were built in the end
+    assert w.tables[key].samples[amps[0]] is w.level_samples[key].samples[amps[0]]
+
+
+def test_labels_drawn_per_paint_are_bounded(qapp):
+    """However far out, a paint of the label layer draws at most ``max_labels`` labels, those of
+    the largest boxes (rafts, then CCDs), each laid out once."""
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QImage, QPainter
+    from PySide6.QtWidgets import QStyleOptionGraphicsItem
+
+    from cvt.viewer.overlays import LabelLayer
+
+    layer = LabelLayer(max_labels=300)
+    amps = [(f"C{i % 16:02d}", (x * 10.0, y * 20.0, x * 10.0 + 10, y * 20.0 + 20))
+            for i, (x, y) in enumerate((x, y) for x in range(100) for y in range(40))]  # fmt: skip
+    layer.set_labels(amps, min_screen_px=5)
+    layer.add_labels([(f"R{i}", (i * 200.0, 0.0, i * 200.0 + 200, 800.0)) for i in range(5)], 5)
+    img = QImage(2000, 1700, QImage.Format.Format_ARGB32_Premultiplied)
+    option = QStyleOptionGraphicsItem()
+    option.exposedRect = QRectF(-10, -10, 1100, 900)
+    for _ in range(2):
+        painter = QPainter(img)
+        painter.scale(2.0, 2.0)  # every box is wide enough on screen
+        layer.paint(painter, option)
+        painter.end()
+        assert layer.drawn == 300
+    shown = layer.visible(2.0, option.exposedRect)
+    assert set(range(4000, 4005)) <= set(shown.tolist())  # the large boxes are kept
+    assert len(layer._static) <= 16 + 5  # each distinct text laid out once
+    option.exposedRect = QRectF(0, 0, 50, 50)
+    assert len(layer.visible(2.0, option.exposedRect)) < 300  # a small area: all its labels
+
+
+def test_queued_tiles_are_read_by_a_few_io_tasks(viewer, qtbot, sim_exposure):
+    """Queueing many tiles costs the GUI thread a few pool submissions, not one a tile (85 at
+    open took 24 ms), one io thread stays free for other reads, and every tile comes back."""
+    path, _ = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    submitted = []
+    submit = w.runner.submit
+
+    def counted(pool, fn, *args, **kw):
+        submitted.append(pool)
+        return submit(pool, fn, *args, **kw)
+
+    w.runner.submit = counted
+    ov = w.layout.overview
+    keys = [k for level in range(ov.n_levels) for k in ov.keys(level)]
+    got = []
+    w.loader.resident_loaded.connect(lambda t: got.append(t.key))
+    w.loader.load_resident(keys)
+    qtbot.waitUntil(lambda: len(got) == len(keys), timeout=10000)
+    assert len(keys) > 20 and 1 <= submitted.count("io") <= 3, submitted
+    assert sorted(got) == sorted(keys) and not w.loader.busy
