@@ -124,5 +124,28 @@ def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     if workers <= 1 or n_tasks <= 1:
         return None
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=keep_freed_memory,
     )
+
+
+def keep_freed_memory() -> None:
+    """In an ingest worker (glibc): big arrays from the heap, and freed memory kept for the next
+    CCD. By default every array over 32 MB (a CCD's segments, its level 0) is a fresh mapping,
+    faulted in and zeroed page by page by the kernel and unmapped when freed, for every CCD:
+    reusing the memory saved ~15 ms of a CCD's read and assembly. Elsewhere: nothing."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (musl has no mallopt): the default allocation
+    m_trim_threshold, m_mmap_max = -1, -4
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, 1 << 30)

@@ -146,9 +146,15 @@ def process_ccd(
 
 
 def _ingest_ccd(
-    path: str, camera_name: str, tmp_root: str, grid_origin: tuple[int, int], config: isr.IsrConfig
+    path: str,
+    camera_name: str,
+    tmp_root: str,
+    grid_origin: tuple[int, int],
+    config: isr.IsrConfig,
+    measure: bool = True,
 ) -> CcdResult:
-    """One task: read, process, write this CCD's arrays into the partial exposure."""
+    """One task: read, process, write this CCD's arrays into the partial exposure (with its
+    health metrics and sources unless ``measure`` is False)."""
     result = CcdResult(path=path)
     numcodecs.blosc.set_nthreads(1)  # one process per core already
     try:
@@ -158,16 +164,17 @@ def _ingest_ccd(
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
         product = process_ccd(raw, camera, config)
-        try:  # health metrics and sources are worth having, the pixels more so
-            result.metrics, result.sources, t_metrics = metrics.measure_ccd(
-                raw, product, camera.detector(raw.info.detector), config
-            )
-            product.timings.update(t_metrics)
-        except Exception as exc:
-            log.exception("%s: metrics/sources failed", path)
-            result.warnings.append(
-                f"{path}: metrics and sources failed: {type(exc).__name__}: {exc}"
-            )
+        if measure:
+            try:  # health metrics and sources are worth having, the pixels more so
+                result.metrics, result.sources, t_metrics = metrics.measure_ccd(
+                    raw, product, camera.detector(raw.info.detector), config
+                )
+                product.timings.update(t_metrics)
+            except Exception as exc:
+                log.exception("%s: metrics/sources failed", path)
+                result.warnings.append(
+                    f"{path}: metrics and sources failed: {type(exc).__name__}: {exc}"
+                )
         t2 = time.perf_counter()
         writer = Writer(tmp_root)
         write_detector(writer, product)
@@ -346,8 +353,10 @@ def ingest_exposure(
     config: isr.IsrConfig = isr.IsrConfig(),
     progress: Callable[[str, int, int], None] | None = None,
     executor=None,
+    measure: bool = True,
 ) -> ExposureReport:
-    """Ingest the CCD files of one exposure and publish it (atomically) in ``repo``."""
+    """Ingest the CCD files of one exposure and publish it (atomically) in ``repo``; without
+    ``measure``, no per-amp metrics or sources (the pixels alone, e.g. to time them)."""
     t_start = time.perf_counter()
     camera = load_camera(infos[0].camera)
     builder = ExposureBuilder(repo, obsid, replace=replace)
@@ -366,7 +375,7 @@ def ingest_exposure(
         else:
             seen[info.detector] = info.path
             paths.append(info.path)
-    args = (camera.name, str(builder.tmp), (grid.x0, grid.y0), config)
+    args = (camera.name, str(builder.tmp), (grid.x0, grid.y0), config, measure)
 
     def collect(res: CcdResult) -> None:
         collected.add(res)
@@ -420,6 +429,7 @@ def ingest(
     config: isr.IsrConfig = isr.IsrConfig(),
     progress: Callable[[str, int, int], None] | None = None,
     scheduler: str | None = None,
+    measure: bool = True,
 ) -> tuple[list[ExposureReport], list[dict]]:
     """Ingest every exposure found in ``inputs`` (files and folders) into ``repo``.
 
@@ -443,6 +453,7 @@ def ingest(
                         config=config,
                         progress=progress,
                         executor=executor,
+                        measure=measure,
                     )
                 )
             except ExposureError as exc:

@@ -3,6 +3,8 @@ path: pixels, overview, metrics and sources; the batch ingest and the watcher bo
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -83,3 +85,24 @@ def test_an_unreachable_scheduler_says_so(tmp_path):
 
     with pytest.raises(SchedulerError, match="cannot reach"):
         DaskExecutor("tcp://127.0.0.1:9", connect_timeout=1.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_ingest_workers_keep_freed_memory_for_the_next_ccd():
+    """In a worker, a freed 100 MB array stays in the process for the next CCD's (no fresh
+    mapping to fault in page by page); by default it goes back to the kernel at once."""
+    code = (
+        "import sys, numpy as np\n"
+        "from core.distributed import keep_freed_memory\n"
+        "if sys.argv[1] == '1': keep_freed_memory()\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "before = rss(); a = np.ones(100 * 2**20 // 8); del a\n"
+        "print(rss() - before)\n"
+    )
+    kept = {}
+    for flag in ("0", "1"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, flag], capture_output=True, text=True, check=True
+        )
+        kept[flag] = int(out.stdout.split()[-1])
+    assert kept["0"] < 20 * 2**20 and kept["1"] > 90 * 2**20, kept
