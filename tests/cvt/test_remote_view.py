@@ -177,7 +177,10 @@ def test_a_failing_server_never_freezes_the_window(viewer, qtbot, sim_exposure, 
             f"open on, grabs included); tiles back {recovered:.1f} s after the server "
             f"restarted; store retries {store.stats.retries}, window retries {w.loader.retried}"
         )
-        assert failing < 0.25 and since_open < 0.5
+        # a GUI thread that waited on the network would have stalled for a whole outage (the
+        # server down through several retry rounds) or a request's timeout: seconds. The bounds
+        # are loose because a loaded CI machine can delay a 10 ms timer by a few hundred ms.
+        assert failing < 1.0 and since_open < 2.0
     finally:
         beat.stop()
         if served is not None:
@@ -202,7 +205,7 @@ def test_a_corrupt_root_document_is_an_error_not_a_picture(viewer, qtbot, sim_ex
         assert "not valid JSON" in failed.args[0]
         assert w.layout is None and not w.view.shown()
         assert "cannot open" in w.progress_label.text()
-        assert beat.longest_since(t0) < 0.5
+        assert beat.longest_since(t0) < 2.0  # loose: a loaded machine delays timers
     finally:
         beat.stop()
         served.stop()
