@@ -145,6 +145,23 @@ def process_ccd(
     return product
 
 
+def _drop_from_page_cache(path: str) -> None:
+    """The raw file is read once: let the kernel drop its pages now, so that the store's writes
+    find free memory instead of reclaiming it under pressure (a full camera is 15 GB of raws)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, TypeError):
+        return  # not a local file
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _ingest_ccd(
     path: str,
     camera_name: str,
@@ -160,6 +177,7 @@ def _ingest_ccd(
     try:
         t0 = time.perf_counter()
         raw = read_raw(path)
+        _drop_from_page_cache(path)
         t1 = time.perf_counter()
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
