@@ -262,18 +262,8 @@ def record_exposure(repo: str | os.PathLike, exposure) -> None:
 
         exposure = open_exposure(exposure)
     row, amps = exposure_rows(exposure)
-    db = connect(repo)
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            _write(db, row, amps)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        _checkpoint(db)
-    finally:
-        db.close()
+    with _transaction(repo) as db:
+        _write(db, row, amps)
 
 
 def rebuild(repo: str | os.PathLike, progress=None) -> int:
@@ -297,14 +287,23 @@ def rebuild(repo: str | os.PathLike, progress=None) -> int:
         rows.append(exposure_rows(exp))
         if progress:
             progress(name, i + 1, len(names))
-    db = connect(root)
+    with _transaction(root) as db:
+        db.execute("DELETE FROM amps")
+        db.execute("DELETE FROM exposures")
+        for row, amps in rows:
+            _write(db, row, amps)
+    return len(rows)
+
+
+@contextlib.contextmanager
+def _transaction(repo):
+    """A connection in one write transaction: committed (and checkpointed) when the block ends,
+    rolled back if it raises."""
+    db = connect(repo)
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("DELETE FROM amps")
-            db.execute("DELETE FROM exposures")
-            for row, amps in rows:
-                _write(db, row, amps)
+            yield db
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -312,7 +311,6 @@ def rebuild(repo: str | os.PathLike, progress=None) -> int:
         _checkpoint(db)
     finally:
         db.close()
-    return len(rows)
 
 
 # ---------------------------------------------------------------------------------------------
