@@ -26,9 +26,9 @@ AMP = "RXX_S00_C07"
 QUIET = "RXX_S00_C03"
 
 
-@pytest.fixture(scope="module")
-def night(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("night")
+def simulate_noisy_night(tmp):
+    """LATISS bias exposures of one CCD, amp C07 noisier each time (``FACTORS``), ingested into
+    ``tmp/repo``: (repo, reports). Also the trend dock's night (tests/cvt/test_trendpanel.py)."""
     raw = tmp / "raw"
     raw.mkdir()
     for seq, factor in enumerate(FACTORS, start=1):
@@ -41,6 +41,11 @@ def night(tmp_path_factory):
     reports, unreadable = ingest([raw], repo, workers=1)
     assert unreadable == [] and all(r.ok for r in reports)
     return repo, reports
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    return simulate_noisy_night(tmp_path_factory.mktemp("night"))
 
 
 def test_publication_writes_one_row_per_exposure_and_per_amp(night):

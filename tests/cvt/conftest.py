@@ -81,17 +81,16 @@ def open_and_settle(qtbot, w, path, timeout=20000) -> None:
     wait_settled(qtbot, w, timeout)
 
 
-@pytest.fixture(scope="session")
-def sim_exposure(tmp_path_factory):
-    """Two simulated E2V CCDs with a dead amp, a hot column and a noisy amp, ingested:
-    (store path, truth dict). About 10 s, once per session."""
+def _ingested_simulation(tmp_path_factory, name: str, dead_amp: str):
+    """The two simulated E2V CCDs (seed 7) with R22_S11's ``dead_amp`` dead, a hot column in
+    R22_S11_C14 and a noisy R22_S12_C05, ingested: (store path, truth dict)."""
     simulate = pytest.importorskip("core.simulate")
     from core.ingest import ingest
 
-    root = tmp_path_factory.mktemp("viewer-sim")
+    root = tmp_path_factory.mktemp(name)
     raw, repo = root / "raw", root / "repo"
     faults = [
-        simulate.Fault("R22_S11", "C03", "dead_amp"),
+        simulate.Fault("R22_S11", dead_amp, "dead_amp"),
         simulate.Fault("R22_S11", "C14", "hot_column"),
         simulate.Fault("R22_S12", "C05", "noisy_amp", {"factor": 5.0}),
     ]
@@ -102,6 +101,13 @@ def sim_exposure(tmp_path_factory):
     assert not bad and reports and reports[0].ok, (bad, reports)
     truth = json.loads(Path(sim.truth_path).read_text())
     return reports[0].path, truth
+
+
+@pytest.fixture(scope="session")
+def sim_exposure(tmp_path_factory):
+    """Two simulated E2V CCDs with a dead amp, a hot column and a noisy amp, ingested:
+    (store path, truth dict). About 10 s, once per session."""
+    return _ingested_simulation(tmp_path_factory, "viewer-sim", dead_amp="C03")
 
 
 def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
@@ -123,20 +129,4 @@ def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
 def sim_exposure_b(tmp_path_factory):
     """The exposure of ``sim_exposure`` again (same seed, same pixels amp by amp), except that
     the dead amp is R22_S11_C12 instead of R22_S11_C03: (store path, truth dict)."""
-    simulate = pytest.importorskip("core.simulate")
-    from core.ingest import ingest
-
-    root = tmp_path_factory.mktemp("viewer-sim-b")
-    raw, repo = root / "raw", root / "repo"
-    faults = [
-        simulate.Fault("R22_S11", "C12", "dead_amp"),
-        simulate.Fault("R22_S11", "C14", "hot_column"),
-        simulate.Fault("R22_S12", "C05", "noisy_amp", {"factor": 5.0}),
-    ]
-    sim = simulate.simulate_exposure(
-        raw, detectors=list(SIM_DETECTORS), seed=7, image_type="science", faults=faults, workers=1
-    )
-    reports, bad = ingest([raw], repo, workers=1)
-    assert not bad and reports and reports[0].ok, (bad, reports)
-    truth = json.loads(Path(sim.truth_path).read_text())
-    return reports[0].path, truth
+    return _ingested_simulation(tmp_path_factory, "viewer-sim-b", dead_amp="C12")

@@ -9,29 +9,14 @@ import numpy as np
 import pytest
 
 from core import remote, trend
+from tests.core.test_catalog import AMP, FACTORS, simulate_noisy_night
 
 pytestmark = pytest.mark.gui
-FACTORS = (1.0, 1.6, 2.2, 2.8)
-AMP = "RXX_S00_C07"
 
 
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
-    from core.ingest import ingest
-    from core.simulate import Fault, simulate_ccd
-
-    tmp = tmp_path_factory.mktemp("night")
-    raw = tmp / "raw"
-    raw.mkdir()
-    for seq, factor in enumerate(FACTORS, start=1):
-        faults = [Fault("RXX_S00", "C07", "noisy_amp", {"factor": factor})] if factor > 1 else []
-        ccd = simulate_ccd(
-            "RXX_S00", camera="LATISS", seed=3, image_type="bias", seq=seq, faults=faults
-        )
-        ccd.write(raw / ccd.filename)
-    repo = tmp / "repo"
-    reports, unreadable = ingest([raw], repo, workers=1)
-    assert unreadable == [] and all(r.ok for r in reports)
+    repo, reports = simulate_noisy_night(tmp_path_factory.mktemp("night"))
     return repo, sorted(r.obsid for r in reports)
 
 
