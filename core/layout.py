@@ -91,6 +91,16 @@ def ccd_to_array(x, y, ccd_shape: tuple[int, int], quarter_turns: int):
     return nx - 1 - x, y
 
 
+def amp_array_box(amp: dict, ccd_shape: tuple[int, int], quarter_turns: int):
+    """An amp's ``(r0, r1, c0, c1)`` (half-open) in the CCD turned into the focal-plane frame,
+    from its CCD box ``{"x0", "y0", "nx", "ny"}`` (as the exposure store lists amps)."""
+    ra, ca = ccd_to_array(amp["x0"], amp["y0"], ccd_shape, quarter_turns)
+    rb, cb = ccd_to_array(
+        amp["x0"] + amp["nx"] - 1, amp["y0"] + amp["ny"] - 1, ccd_shape, quarter_turns
+    )
+    return int(min(ra, rb)), int(max(ra, rb)) + 1, int(min(ca, cb)), int(max(ca, cb)) + 1
+
+
 def array_to_ccd(row, col, ccd_shape: tuple[int, int], quarter_turns: int):
     """The inverse of ``ccd_to_array``: turned (row, col) back to CCD pixel (x, y)."""
     ny, nx = ccd_shape

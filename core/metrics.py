@@ -48,7 +48,7 @@ import numpy as np
 
 from core import _metrics_kernels as k
 from core.isr import IsrConfig, downsample_scaled
-from core.layout import AmpPlacement, array_to_ccd, ccd_to_array
+from core.layout import AmpPlacement, amp_array_box, array_to_ccd
 
 IMAGE_CATEGORIES = ("bias", "dark", "flat", "science", "default")
 PIXEL_SCALE_ARCSEC = 0.2
@@ -380,16 +380,8 @@ def source_table(
 
 
 def amp_array_boxes(amps: Sequence[dict], ccd_shape: tuple[int, int], quarter_turns: int):
-    """Each amp's ``(r0, r1, c0, c1)`` (half-open) in the turned level-0 array, from its CCD box
-    (``x0, y0, nx, ny`` as in ``DetectorProduct.amps``)."""
-    boxes = []
-    for a in amps:
-        ra, ca = ccd_to_array(a["x0"], a["y0"], ccd_shape, quarter_turns)
-        rb, cb = ccd_to_array(
-            a["x0"] + a["nx"] - 1, a["y0"] + a["ny"] - 1, ccd_shape, quarter_turns
-        )
-        boxes.append((min(ra, rb), max(ra, rb) + 1, min(ca, cb), max(ca, cb) + 1))
-    return boxes
+    """Each amp's ``(r0, r1, c0, c1)`` in the turned level-0 array (``core.layout.amp_array_box``)."""
+    return [amp_array_box(a, ccd_shape, quarter_turns) for a in amps]
 
 
 def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), detect: bool = True):

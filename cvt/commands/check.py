@@ -17,6 +17,7 @@ import sys
 
 from core.exposure import ExposureError, open_exposure
 from core.health import HealthConfigError, HealthReport, evaluate
+from core.layout import amp_array_box
 
 COLOURS = {"ok": "#3a9d5d", "warning": "#e8a33d", "known": "#6c8ebf", "fail": "#d9473f"}
 NO_DATA = "#c8c8c8"
@@ -66,12 +67,8 @@ def amp_rects(exposure) -> list[tuple[str, str, float, float, float, float]]:
         det = exposure.detector(name)
         ox, oy = det.origin
         for a in det.amps:
-            xs = (a["x0"], a["x0"] + a["nx"] - 1)
-            ys = (a["y0"], a["y0"] + a["ny"] - 1)
-            rows, cols = det.ccd_to_array([xs[0], xs[1]], [ys[0], ys[1]])
-            r0, r1 = sorted(int(r) for r in rows)
-            c0, c1 = sorted(int(c) for c in cols)
-            rects.append((name, a["name"], ox + c0, oy + r0, c1 - c0 + 1.0, r1 - r0 + 1.0))
+            r0, r1, c0, c1 = amp_array_box(a, det.ccd_shape, det.quarter_turns)
+            rects.append((name, a["name"], ox + c0, oy + r0, float(c1 - c0), float(r1 - r0)))
     return rects
 
 

@@ -133,15 +133,9 @@ class DetectorInfo:
 
     def amp_box_fp(self, a: dict) -> Rect:
         """The amp's pixel edges in the focal plane."""
-        r0, c0 = self.ccd_to_array(a["x0"], a["y0"])
-        r1, c1 = self.ccd_to_array(a["x0"] + a["nx"] - 1, a["y0"] + a["ny"] - 1)
+        r0, r1, c0, c1 = layout.amp_array_box(a, self.ccd_shape, self.quarter_turns)
         ox, oy = self.origin
-        return (
-            ox + min(c0, c1),
-            oy + min(r0, r1),
-            ox + max(c0, c1) + 1,
-            oy + max(r0, r1) + 1,
-        )
+        return (ox + c0, oy + r0, ox + c1, oy + r1)
 
 
 @dataclass

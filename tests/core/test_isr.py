@@ -141,3 +141,20 @@ def test_downsample_scaled_is_the_area_mean_of_the_scaled_image(shape):
     np.testing.assert_allclose(got, ref.downsample2(scaled), rtol=1e-6)
     with pytest.raises(ValueError, match="cover"):
         isr.downsample_scaled(image, boxes[:-1], np.array(factors[:-1]))
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_amp_array_box_is_where_the_turned_ccd_puts_the_amp(turns):
+    """``core.layout.amp_array_box`` against ``np.rot90`` of an image of amp numbers (the same
+    turn the level-0 reference uses): each box holds its amp's pixels and nothing else."""
+    from core.layout import amp_array_box
+
+    w, h = 7, 5
+    amps = [{"x0": j * w, "y0": i * h, "nx": w, "ny": h} for i in range(2) for j in range(8)]
+    ccd = np.empty((2 * h, 8 * w), dtype=int)
+    for k, a in enumerate(amps):
+        ccd[a["y0"] : a["y0"] + h, a["x0"] : a["x0"] + w] = k
+    turned = np.rot90(ccd, turns, axes=(1, 0))
+    for k, a in enumerate(amps):
+        r0, r1, c0, c1 = amp_array_box(a, ccd.shape, turns)
+        assert (turned[r0:r1, c0:c1] == k).all() and (turned == k).sum() == (r1 - r0) * (c1 - c0)
