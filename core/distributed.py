@@ -123,10 +123,15 @@ def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or n_tasks <= 1:
         return None
+    context = multiprocessing.get_context("forkserver")
+    # the forkserver imports the ingest once (core._preload), starting now, while the caller
+    # reads the raw headers; workers fork from it with everything imported
+    context.set_forkserver_preload(["core._preload"])
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
     return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("forkserver"),
-        initializer=keep_freed_memory,
+        max_workers=workers, mp_context=context, initializer=keep_freed_memory
     )
 
 

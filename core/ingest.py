@@ -456,10 +456,11 @@ def ingest(
     (``tcp://host:8786``) runs the CCD tasks on that Dask cluster instead (``core.distributed``).
     """
     files = find_raw_files(inputs)
-    groups, unreadable = group_by_exposure(files)
+    # the workers start (and load their kernels) while the headers are read
+    executor = make_executor(scheduler, workers, len(files))
     reports = []
-    executor = make_executor(scheduler, workers, sum(len(v) for v in groups.values()))
     try:
+        groups, unreadable = group_by_exposure(files)
         for obsid, infos in sorted(groups.items()):
             try:
                 reports.append(

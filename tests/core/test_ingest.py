@@ -158,3 +158,33 @@ def test_an_interrupted_ingest_leaves_nothing_that_looks_complete(tmp_path, obs_
 def test_opening_something_else_says_what_is_wrong(tmp_path):
     with pytest.raises(ExposureError, match="not a readable exposure store"):
         open_exposure(tmp_path / "nothing.zarr")
+
+
+def test_local_workers_fork_with_the_ingest_already_imported(tmp_path):
+    """The pool's forkserver imports the ingest once (core._preload) as soon as the pool is
+    made, so a worker's first CCD does not begin with a second of imports."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "probe_mod.py").write_text(
+        "import sys\n\ndef probe():\n    return sorted(m for m in ('core._preload', 'core.ingest')"
+        " if m in sys.modules)\n"
+    )
+    code = (
+        "from core.distributed import make_executor\n"
+        "import probe_mod\n"
+        "if __name__ == '__main__':\n"
+        "    ex = make_executor(None, 2, 4)\n"
+        "    print(ex.submit(probe_mod.probe).result())\n"
+        "    ex.shutdown()\n"
+    )
+    script = tmp_path / "run.py"
+    script.write_text(code)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "['core._preload', 'core.ingest']", out.stdout
