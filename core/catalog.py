@@ -157,8 +157,9 @@ def _amp_columns(db: sqlite3.Connection) -> dict[str, str]:
 
 
 def _sql_value(v):
-    if v is None:
-        return None
+    t = type(v)
+    if v is None or t is str or t is int:
+        return v
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -212,17 +213,27 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
     amps = []
     if n_rows and "detector" in metrics and "amp" in metrics:
         names = [c for c in metrics if c not in _KEYS and _IDENT.fullmatch(c)]
-        for i in range(n_rows):
-            amp = {
-                "obsid": exposure.obsid,
-                "detector": str(metrics["detector"][i]),
-                "amp": str(metrics["amp"][i]),
-                "status": statuses[i],
-            }
-            for c in names:
-                amp[c] = metrics[c][i]
-            amps.append(amp)
+        # column by column (3,216 amps x ~35 metrics of a full camera: cell by cell was 0.4 s)
+        columns = {
+            "obsid": [exposure.obsid] * n_rows,
+            "detector": [str(v) for v in metrics["detector"]],
+            "amp": [str(v) for v in metrics["amp"]],
+            "status": statuses,
+            **{c: _sql_column(metrics[c]) for c in names},
+        }
+        keys = list(columns)
+        amps = [dict(zip(keys, values)) for values in zip(*columns.values())]
     return row, amps
+
+
+def _sql_column(values) -> list:
+    """A metrics column as SQLite values: Python numbers and strings, NULL for NaN."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        out = values.astype(object)  # Python floats
+        out[~np.isfinite(values)] = None
+        return out.tolist()
+    return [_sql_value(v) for v in values.tolist()]
 
 
 def _write(db: sqlite3.Connection, row: dict, amps: list[dict]) -> None:
@@ -245,7 +256,7 @@ def _write(db: sqlite3.Connection, row: dict, amps: list[dict]) -> None:
         db.executemany(
             f"INSERT INTO amps ({', '.join(f'{chr(34)}{n}{chr(34)}' for n in names)}) "
             f"VALUES ({', '.join('?' * len(names))})",
-            [[_sql_value(a.get(n)) for n in names] for a in amps],
+            ([_sql_value(a.get(n)) for n in names] for a in amps),
         )
 
 
