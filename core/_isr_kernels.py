@@ -297,3 +297,24 @@ def downsample2_scaled(src, row_block, col_scale, out):
             if rows == 2.0:
                 t += b[x] * sb[x]
             o[hx] = t / rows
+
+
+@ngjit
+def coarsen2_sum(a, out):
+    """2 x 2 sums of ``a`` (even shape), always added in the order (0, 0), (0, 1), (1, 0),
+    (1, 1): the overview's levels, the same to the bit whether made whole or block by block."""
+    for j in range(out.shape[0]):
+        r0 = a[2 * j]
+        r1 = a[2 * j + 1]
+        o = out[j]
+        for i in range(out.shape[1]):
+            o[i] = r0[2 * i] + r0[2 * i + 1] + r1[2 * i] + r1[2 * i + 1]
+
+
+@ngjit
+def bin_means(sums, counts, out):
+    """``sums / counts`` as float32 where ``counts > 0``, NaN elsewhere (a bin no pixel fell in)."""
+    for j in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            c = counts[j, i]
+            out[j, i] = sums[j, i] / c if c > 0 else np.nan

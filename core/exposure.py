@@ -212,13 +212,23 @@ class OverviewGrid:
 
 
 def _coarsen(a: np.ndarray) -> np.ndarray:
-    """2 x 2 sums, always added in the same order (a block gives what the whole grid gives)."""
-    return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+    """2 x 2 sums, always added in the same order (a block gives what the whole grid gives).
+    In numba: numpy's four strided views and their temporaries took 0.9 s of the ingest's end
+    for a full camera's 256 MB grid."""
+    from core import _isr_kernels as k
+
+    out = np.empty((a.shape[0] // 2, a.shape[1] // 2), dtype=a.dtype)
+    k.coarsen2_sum(a, out)
+    return out
 
 
 def _bin_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
+    """The means of the bins, float32; NaN where no pixel fell."""
+    from core import _isr_kernels as k
+
+    out = np.empty(sums.shape, dtype=np.float32)
+    k.bin_means(sums, counts, out)
+    return out
 
 
 def _overview_attributes(grid: OverviewGrid) -> dict:

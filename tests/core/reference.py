@@ -55,3 +55,13 @@ def downsample2(src):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks give NaN, as they should
         return np.nanmean(blocks, axis=(1, 3))
+
+
+def coarsen2_sum(a):
+    """2 x 2 sums in the order (0, 0), (0, 1), (1, 0), (1, 1)."""
+    return a[0::2, 0::2] + a[0::2, 1::2] + a[1::2, 0::2] + a[1::2, 1::2]
+
+
+def bin_means(sums, counts):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)

@@ -121,6 +121,23 @@ def test_bin_onto_grid_matches_a_plain_sum():
     np.testing.assert_array_equal(counts, np.isfinite(blocks).sum(axis=(1, 3)))
 
 
+def test_overview_sums_and_means_match_numpy_to_the_bit():
+    """The overview's levels: 2 x 2 sums in a fixed order and the bin means, whole grids and
+    strided blocks of them (the watcher refreshes blocks), equal to numpy's."""
+    from core.exposure import _bin_means, _coarsen
+
+    rng = np.random.default_rng(6)
+    sums = rng.normal(1000, 300, (64, 96)) * rng.integers(0, 65, (64, 96))
+    counts = rng.integers(0, 65, (64, 96))
+    counts[sums == 0] = 0
+    for s, c in ((sums, counts), (sums[8:40, 16:80], counts[8:40, 16:80])):
+        np.testing.assert_array_equal(_coarsen(s), ref.coarsen2_sum(s))
+        np.testing.assert_array_equal(_coarsen(c), ref.coarsen2_sum(c))
+        got = _bin_means(s, c)
+        assert got.dtype == np.float32 and np.isnan(got[c == 0]).all()
+        np.testing.assert_array_equal(got, ref.bin_means(s, c))
+
+
 @pytest.mark.parametrize("shape", [(40, 34), (41, 35), (7, 9)])
 def test_downsample_scaled_is_the_area_mean_of_the_scaled_image(shape):
     """Each amp box times its factor, then 2 x 2 means; a bin that straddles two amps is exact."""
