@@ -181,7 +181,8 @@ def zscale_limits(
     are the median -/+ the fitted slope (divided by ``contrast``) over half the sample.
 
     Sampling and parameters as in IRAF ``display`` (and astropy's ``ZScaleInterval``): every
-    ``size / n_samples``-th finite value.
+    ``size / n_samples``-th finite value. The numpy form, kept as the reference of the kernel
+    the viewer uses (``zscale_packed``).
     """
     v = np.asarray(values).ravel()
     v = v[np.isfinite(v)].astype(np.float64)
@@ -240,7 +241,36 @@ def limits_of(sample: np.ndarray, settings: DisplaySettings) -> tuple[float, flo
     if settings.limits == "percentile":
         lo, hi = np.percentile(sample, settings.percentile)
         return float(lo), float(hi)
-    return zscale_limits(sample, contrast=settings.contrast)
+    lo, hi = zscale_packed(sample, np.array([0, sample.size]), settings.contrast)
+    return float(lo[0]), float(hi[0])
+
+
+def zscale_packed(
+    values: np.ndarray,
+    offsets: np.ndarray,
+    contrast: float = 0.25,
+    n_samples: int = 1000,
+    max_reject: float = 0.5,
+    min_npixels: int = 5,
+    krej: float = 2.5,
+    max_iterations: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``zscale_limits`` of every packed row ``values[offsets[r]:offsets[r + 1]]`` (any order,
+    NaN allowed) in one kernel call that leaves the interpreter lock free; (0, 1) for an empty
+    row. What the viewer uses: the Python form, in a loop over 3,216 amps, held the lock for
+    1.0-1.7 s per level (GUI stalls up to 100 ms). The same numbers to the last bit or two
+    (the line fit's dot products, BLAS in numpy, are summed pairwise)."""
+    values = np.ascontiguousarray(values)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    lo = np.zeros(offsets.size - 1)
+    hi = np.ones(offsets.size - 1)
+    _k.zscale_rows(
+        values.ravel(), offsets, int(n_samples), float(contrast), float(max_reject),
+        int(min_npixels), float(krej), int(max_iterations), lo, hi,
+    )  # fmt: skip
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -585,9 +615,8 @@ def _transfer_rows(
     elif settings.limits == "percentile":
         p_lo, p_hi = np.true_divide(settings.percentile, 100)
         _k.percentile_rows(values, offsets, float(p_lo), float(p_hi), lo, hi)
-    else:  # zscale: per row (an iterative fit; the 1000-value subsample keeps it cheap)
-        for r in np.flatnonzero(sizes > 0).tolist():
-            lo[r], hi[r] = zscale_limits(samples[r], contrast=settings.contrast)
+    else:  # zscale: an iterative line fit per row, on its 1000-value subsample
+        lo, hi = zscale_packed(values, offsets, settings.contrast)
     bad = ~(np.isfinite(lo) & np.isfinite(hi))
     lo[bad], hi[bad] = 0.0, 1.0
     swap = hi < lo
@@ -806,7 +835,7 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     samples = [np.sort(rng.random(8).astype(np.float32)) for _ in range(MANY_PARTS + 1)]
     samples.append(np.empty(0, dtype=np.float32))
-    for stretch, limits in (("histeq", "minmax"), ("histeq", "percentile")):
+    for stretch, limits in (("histeq", "minmax"), ("histeq", "percentile"), ("histeq", "zscale")):
         t = build_transfers(0, DisplaySettings(stretch=stretch, limits=limits), samples,
                             np.zeros(len(samples), dtype=np.int64))  # fmt: skip
         t.stacked  # noqa: B018

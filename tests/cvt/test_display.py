@@ -144,6 +144,123 @@ def test_zscale_of_a_constant_and_of_too_few_pixels():
     assert d.zscale_limits(np.array([np.nan])) == (0.0, 1.0)
 
 
+def _zscale_cases(seed: int, count: int):
+    """Samples of every shape zscale meets: sky, integer counts, dead and saturated amps, ramps,
+    heavy tails, few values, NaN, float32 and float64, sorted or not, sizes around the
+    1000-value subsample's strides."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 100, 199, 200, 257, 999, 1000, 1001, 1999, 2000,
+             2001, 4096, 12_345]  # fmt: skip
+    for i in range(count):
+        n = sizes[i % len(sizes)] if i % 3 else int(rng.integers(1, 5000))
+        kind = i % 9
+        if kind == 0:
+            x = rng.normal(1000.0, 20.0, n)
+        elif kind == 1:
+            x = np.round(rng.normal(1000.0, 5.0, n))  # integer counts, many ties
+        elif kind == 2:
+            x = np.full(n, 42.0)  # a dead amp
+        elif kind == 3:
+            x = rng.lognormal(3.0, 1.0, n)
+        elif kind == 4:
+            # a ramp, of a whole slope: the fit is exact, nothing rejected. (With a slope such as
+            # 2.29 the residuals are rounding errors, and which of them exceed 2.5 sigma is
+            # decided by the last bits: numpy's own result changes when its ``dx @ dx`` is
+            # written ``np.sum(dx * dx)``, for one ramp in five at contrast 1.)
+            x = np.arange(n, dtype=np.float64) * float(rng.integers(1, 50))
+        elif kind == 5:
+            x = rng.normal(0.0, 1.0, n)
+            x[rng.random(n) < 0.3] = rng.exponential(1e4)  # stars and hot pixels
+        elif kind == 6:
+            x = np.r_[np.full(n // 2, 1e6), rng.normal(100.0, 3.0, n - n // 2)]  # saturated half
+        elif kind == 7:
+            x = rng.integers(0, 3, n).astype(np.float64)  # three values
+        else:
+            x = rng.normal(1e4, 1.0, n)  # a large offset
+        if i % 4 == 0:
+            x[rng.random(n) < 0.1] = np.nan
+        if i % 10 == 9:
+            x[:] = np.nan
+        if i % 5 == 0:
+            x = x.astype(np.float32)
+        if i % 7 == 0:
+            x = np.sort(x)
+        yield x
+
+
+def _close_limits(got, want, values) -> bool:
+    """Equal, or within a few units in the last place of the data's scale (the line fit's dot
+    products: BLAS in numpy, pairwise in the kernel)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    scale = float(np.abs(finite).max()) if finite.size else 1.0
+    return all(g == w or abs(g - w) <= 1e-13 * max(abs(w), scale) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zscale_kernel_equals_the_numpy_reference(seed):
+    cases = list(_zscale_cases(seed, 700))
+    lo, hi = [], []
+    for x in cases:  # one row at a time
+        a, b = d.zscale_packed(x, np.array([0, x.size]))
+        lo.append(a[0])
+        hi.append(b[0])
+    bad = [
+        (i, (lo[i], hi[i]), d.zscale_limits(x))
+        for i, x in enumerate(cases)
+        if not _close_limits((lo[i], hi[i]), d.zscale_limits(x), x)
+    ]
+    assert not bad, bad[:5]
+    # packed (one call, every row), as the viewer calls it, with other contrasts
+    values = np.concatenate([x.astype(np.float64) for x in cases])
+    offsets = np.r_[0, np.cumsum([x.size for x in cases])]
+    for contrast in (0.25, 1.0, 0.0):
+        lo, hi = d.zscale_packed(values, offsets, contrast)
+        for i, x in enumerate(cases):
+            want = d.zscale_limits(x, contrast=contrast)
+            assert _close_limits((lo[i], hi[i]), want, x), (i, contrast, lo[i], hi[i], want)
+
+
+def test_pairwise_sum_is_numpys():
+    """The kernels' sum is numpy's to the last bit (its means and deviations feed zscale)."""
+    from cvt._display_kernels import _pairwise_sum
+
+    rng = np.random.default_rng(7)
+    for n in [*range(300), 1000, 1001, 4095, 4096, 12_345]:
+        a = rng.standard_normal(n) * 10 ** rng.uniform(-3, 6) + rng.uniform(-1e4, 1e4)
+        padded = np.r_[np.zeros(3), a]
+        assert _pairwise_sum(padded, 3, n) == np.sum(a), n
+
+
+def test_zscale_kernel_edge_cases():
+    """A constant, too few pixels, no finite value, an empty row: as the reference."""
+    for x in (np.full(100, 5.0), np.array([1.0, 2.0, 3.0]), np.array([7.5]),
+              np.array([np.nan]), np.array([np.inf, -np.inf, np.nan, 2.0]),
+              np.array([3.0, np.nan, 1.0, 2.0, np.nan, 9.0, 4.0]), np.arange(5.0),
+              np.arange(1000, dtype=np.int16)):  # fmt: skip
+        lo, hi = d.zscale_packed(x, np.array([0, x.size]))
+        assert (lo[0], hi[0]) == d.zscale_limits(x), x
+    lo, hi = d.zscale_packed(np.arange(4.0), np.array([0, 0, 4, 4]))
+    assert lo.tolist() == [0.0, 0.0, 0.0] and hi.tolist() == [1.0, 3.0, 1.0]  # empty rows: (0, 1)
+    assert d.zscale_packed(np.full(100, 5.0), np.array([0, 100]))[0][0] == 5.0
+
+
+def test_zscale_limits_of_many_amps_equal_the_reference():
+    """``build_transfers`` with zscale limits (the kernel, for the packed rows and for a single
+    sample alike) against ``zscale_limits`` per amp."""
+    samples = _amp_samples(5)
+    s = d.DisplaySettings(stretch="linear", limits="zscale", contrast=0.5)
+    t = d.build_transfers(1, s, samples, np.arange(len(samples)) // 16)
+    for i, sample in enumerate(samples):
+        if not sample.size:
+            continue
+        want = d.zscale_limits(sample, contrast=0.5)
+        if want[1] - want[0] > max(abs(want[0]), abs(want[1]), 1.0) * 1e-6:  # not degenerate
+            assert _close_limits(t.limits(i), want, sample), (i, t.limits(i), want)
+    one = d.transfer(samples[0], s)
+    assert _close_limits((one.lo, one.hi), d.zscale_limits(samples[0], contrast=0.5), samples[0])
+
+
 def test_sorted_sample_keeps_extremes_and_quantiles():
     rng = np.random.default_rng(3)
     v = rng.lognormal(3, 1, 100_000).astype(np.float32)
