@@ -386,3 +386,20 @@ def zscale_rows(
             lo_out[r], hi_out[r] = _zscale(
                 values[a:b], n_samples, contrast, max_reject, min_npixels, krej, max_iterations
             )
+
+
+@ngjit
+def gather_finite_rects(image, rects, out, offsets):
+    """The finite pixels of each ``image[r0:r1, c0:c1]`` (rows of ``rects``), row by row (``a[
+    np.isfinite(a)]`` of the slice), one rect after the other into ``out``; rect ``k``'s end
+    into ``offsets[k + 1]`` (``offsets[0]`` is 0). ``out`` holds the rects' areas."""
+    o = 0
+    offsets[0] = 0
+    for k in range(rects.shape[0]):
+        for r in range(rects[k, 0], rects[k, 1]):
+            for c in range(rects[k, 2], rects[k, 3]):
+                v = image[r, c]
+                if np.isfinite(v):
+                    out[o] = v
+                    o += 1
+        offsets[k + 1] = o

@@ -275,6 +275,33 @@ def test_sorted_sample_keeps_extremes_and_quantiles():
     assert d.sorted_sample(np.array([np.nan, np.nan])).size == 0
 
 
+@pytest.mark.parametrize("size", [d.SAMPLE_SIZE, 100, 1])
+def test_rect_samples_are_the_sorted_samples_of_each_rect(size):
+    """``rect_samples`` (kernels and numpy's sort, the interpreter lock free) gives the very
+    arrays ``sorted_sample`` gives for each rect: every rect shape, NaN, signed zeros,
+    more rects than one batch."""
+    rng = np.random.default_rng(11)
+    img = rng.normal(1000.0, 30.0, (300, 400)).astype(np.float32)
+    img[rng.random(img.shape) < 0.03] = np.nan
+    img[:, 7] = np.inf  # sorted_sample drops every non-finite value
+    img[40:60, 100:140] = 0.0
+    img[40:60:3, 100:140:2] = -0.0
+    img[200:230, 300:330] = np.nan  # a rect without statistics
+    img[100:102, :] = np.round(img[100:102, :])  # ties
+    rects = [(0, 300, 0, 400), (40, 60, 90, 150), (200, 230, 300, 330), (5, 5, 0, 10),
+             (0, 1, 0, 1), (10, 12, 3, 9), (250, 300, 0, 400)]  # fmt: skip
+    for _ in range(2 * d.RECT_BATCH + 13):
+        r0, c0 = int(rng.integers(0, 290)), int(rng.integers(0, 390))
+        rects.append((r0, r0 + int(rng.integers(0, 80)), c0, c0 + int(rng.integers(1, 90))))
+    got = d.rect_samples(img, rects, size)
+    assert len(got) == len(rects)
+    for (r0, r1, c0, c1), g in zip(rects, got):
+        want = d.sorted_sample(img[r0:r1, c0:c1], size)
+        assert g.dtype == np.float32 and np.array_equal(g, want), (r0, r1, c0, c1)
+        assert np.array_equal(np.signbit(g), np.signbit(want))
+    assert d.rect_samples(img, [], size) == []
+
+
 def test_histeq_transfer_is_the_midrank_cdf():
     rng = np.random.default_rng(4)
     sample = np.sort(rng.gamma(2.0, 50.0, 300)).astype(np.float32)
