@@ -403,3 +403,38 @@ def gather_finite_rects(image, rects, out, offsets):
                     out[o] = v
                     o += 1
         offsets[k + 1] = o
+
+
+@ngjit
+def fill_labels(labels, rects):
+    """``labels[r0:r1, c0:c1] = amp`` for each row ``(amp, r0, r1, c0, c1)`` of ``rects``, in
+    turn (bounds within ``labels``)."""
+    for k in range(rects.shape[0]):
+        amp = rects[k, 0]
+        for r in range(rects[k, 1], rects[k, 2]):
+            for c in range(rects[k, 3], rects[k, 4]):
+                labels[r, c] = amp
+
+
+@ngjit
+def stacked_index(data, labels, rows_of, lo, steps, tables, out):
+    """``Transfers.apply_labels`` of an equalised stretch, pixel by pixel in float32 as numpy
+    does it: the label's row, ``(x - lo) * steps + 0.5`` clipped to the table, NaN to its last
+    column, then the table's entry."""
+    last = tables.shape[1] - 1  # the NaN column
+    top = np.float32(last - 1)
+    zero = np.float32(0.0)
+    half = np.float32(0.5)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            row = rows_of[labels[i, j] + 1]
+            q = (data[i, j] - lo[row]) * steps[row] + half
+            if np.isnan(q):
+                col = last
+            else:
+                if q < zero:
+                    q = zero
+                elif q > top:
+                    q = top
+                col = int(q)
+            out[i, j] = tables[row, col]

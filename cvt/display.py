@@ -360,7 +360,7 @@ class Transfer:
         y += np.float32(0.5)
         outside = (y < 0.0) | (y >= BODY_LUT_SIZE)  # NaN compares False: not outside
         np.clip(y, 0.0, BODY_LUT_SIZE - 1, out=y)
-        np.nan_to_num(y, copy=False, nan=BODY_LUT_SIZE)  # the table's last entry: no data
+        np.copyto(y, np.float32(BODY_LUT_SIZE), where=np.isnan(y))  # the last entry: no data
         out = lut[y.astype(np.uint16)]
         if outside.any():
             x = np.asarray(data)[outside]
@@ -557,20 +557,21 @@ class Transfers:
         vectorised pass, however many amps the tile holds; exact for the stretch curves, within
         an index level of ``apply`` for equalisation (1024-step tables)."""
         rows_of, lo, steps, tables = self.stacked
-        rows = rows_of[labels.astype(np.int32) + 1]
         if self.settings.stretch != "histeq":
             # one curve for every row (a dead amp's degenerate range gives the same 0 or 1)
+            rows = rows_of[labels.astype(np.int32) + 1]
             t = np.subtract(data, lo[rows], dtype=np.float32)
             t *= steps[rows] / np.float32(STACKED_SIZE - 1)
             return _curve_index(t, self.settings.stretch)
-        q = np.subtract(data, lo[rows], dtype=np.float32)
-        q *= steps[rows]
-        q += np.float32(0.5)
-        np.clip(q, 0.0, STACKED_SIZE - 1, out=q)
-        np.nan_to_num(q, copy=False, nan=STACKED_SIZE)
-        flat = rows * (STACKED_SIZE + 1)
-        flat += q.astype(np.int32)
-        return tables.ravel()[flat]
+        # one kernel pass (the numpy form: a dozen array passes and Python-level calls, with
+        # the interpreter lock held between them, for each overview tile read or re-stretched)
+        out = np.empty((1, data.size), dtype=np.uint8)
+        _k.stacked_index(
+            np.ascontiguousarray(data, dtype=np.float32).reshape(1, -1),
+            np.ascontiguousarray(labels, dtype=np.int32).reshape(1, -1),
+            rows_of, lo, steps, tables, out,
+        )  # fmt: skip
+        return out.reshape(data.shape)
 
 
 def build_transfers(
@@ -695,8 +696,10 @@ def apply_rects(
     of many amps (the overview) go through ``Transfers.apply_labels``."""
     if len(rects) > MANY_AMPS:
         labels = np.full(data.shape, -1, dtype=np.int32)
-        for amp, r0, r1, c0, c1 in rects:
-            labels[r0:r1, c0:c1] = amp
+        boxes = np.array(rects, dtype=np.int64).reshape(-1, 5)
+        np.clip(boxes[:, 1:3], 0, data.shape[0], out=boxes[:, 1:3])  # as slicing does
+        np.clip(boxes[:, 3:], 0, data.shape[1], out=boxes[:, 3:])
+        _k.fill_labels(labels, boxes)  # not a Python loop over the amps
         return transfers.apply_labels(data, labels)
     fb = transfers.fallback
     covered = sum((r1 - r0) * (c1 - c0) for _, r0, r1, c0, c1 in rects)
@@ -874,9 +877,10 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     samples = [np.sort(rng.random(8).astype(np.float32)) for _ in range(MANY_PARTS + 1)]
     samples.append(np.empty(0, dtype=np.float32))
+    rects = [(i, i % 4, i % 4 + 1, 0, 4) for i in range(MANY_AMPS + 1)]
     for stretch, limits in (("histeq", "minmax"), ("histeq", "percentile"), ("histeq", "zscale")):
         t = build_transfers(0, DisplaySettings(stretch=stretch, limits=limits), samples,
                             np.zeros(len(samples), dtype=np.int64))  # fmt: skip
-        t.stacked  # noqa: B018
+        apply_rects(rng.random((4, 4)).astype(np.float32), rects, t)
     merge_samples([np.sort(rng.random(4 * SAMPLE_SIZE).astype(np.float32))] * (MANY_PARTS + 1))
     rect_samples(rng.random((4, 4)).astype(np.float32), [(0, 2, 0, 4), (2, 4, 1, 3)])

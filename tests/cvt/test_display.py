@@ -469,6 +469,51 @@ def test_tiles_of_many_amps_match_the_per_amp_transfers(stretch):
     assert (got[:3] == 0).all()
 
 
+def _numpy_apply_labels(t: d.Transfers, data, labels):
+    """The numpy form of ``apply_labels`` for equalisation (what the kernel replaced)."""
+    rows_of, lo, steps, tables = t.stacked
+    rows = rows_of[labels.astype(np.int32) + 1]
+    q = np.subtract(data, lo[rows], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q *= steps[rows]
+    q += np.float32(0.5)
+    np.clip(q, 0.0, d.STACKED_SIZE - 1, out=q)
+    np.nan_to_num(q, copy=False, nan=d.STACKED_SIZE)
+    flat = rows * (d.STACKED_SIZE + 1)
+    flat += q.astype(np.int32)
+    return tables.ravel()[flat]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equalised_tiles_of_many_amps_equal_the_numpy_form(seed):
+    """The overview's kernel (labels filled and tables looked up without the interpreter lock)
+    gives the very indices of the numpy code it replaced: NaN, infinities, values beyond the
+    limits, pixels of no amp, an amp without statistics, a dead amp, float64 data."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    samples = [d.sorted_sample(rng.normal(i % 7 * 10, 1 + i % 3, 800)) for i in range(n)]
+    samples[5] = np.zeros(50, np.float32)
+    samples[9] = np.empty(0, np.float32)
+    t = d.build_transfers(1, d.DisplaySettings(), samples, np.arange(n) // 16)
+    data = rng.normal(30, 25, (130, 170)).astype(np.float32)
+    data[rng.random(data.shape) < 0.05] = np.nan
+    data[rng.random(data.shape) < 0.01] = np.inf
+    data[rng.random(data.shape) < 0.01] = -np.inf
+    data[rng.random(data.shape) < 0.01] = 1e30
+    rects = [(i, (i // 17) * 10, (i // 17) * 10 + 10, (i % 17) * 10, (i % 17) * 10 + 9)
+             for i in range(n // 2)]  # fmt: skip
+    rects.append((199, 125, 140, 160, 180))  # beyond the tile: clipped, as slicing does
+    labels = np.full(data.shape, -1, dtype=np.int32)
+    for amp, r0, r1, c0, c1 in rects:
+        labels[r0:r1, c0:c1] = amp
+    want = _numpy_apply_labels(t, data, labels)
+    assert np.array_equal(t.apply_labels(data, labels), want)
+    assert np.array_equal(d.apply_rects(data, rects, t), want)
+    wide = data.astype(np.float64)
+    assert np.array_equal(d.apply_rects(wide, rects, t), _numpy_apply_labels(t, wide, labels))
+    assert np.array_equal(t.apply_labels(data[::2, 1::3], labels[::2, 1::3]), want[::2, 1::3])
+
+
 # ---------------------------------------------------------------------------------------------
 # The vectorised table builds against the per-amp loops they replace
 
