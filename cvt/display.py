@@ -867,8 +867,12 @@ def argb_lut(name: str) -> np.ndarray:
 
 
 def colourise(index: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Index image to premultiplied ARGB32 pixels (the colour-map stage: a table lookup)."""
-    return np.take(lut, index)
+    """Index image to premultiplied ARGB32 pixels (the colour-map stage: a table lookup).
+
+    Indexing, not ``np.take``: with uint8 indices ``np.take`` held the interpreter lock for
+    the whole call (1.5 ms a 496 x 496 tile, on the io and draw workers at every tile);
+    indexing leaves it, and is faster."""
+    return lut[index]
 
 
 def warm_up() -> None:

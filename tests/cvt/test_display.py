@@ -446,6 +446,9 @@ def test_argb_lut_and_colourise():
     index = np.array([[0, 1], [128, 255]], dtype=np.uint8)
     out = d.colourise(index, lut)
     assert out.dtype == np.uint32 and out.tolist() == [[lut[0], lut[1]], [lut[128], lut[255]]]
+    tile = np.random.default_rng(0).integers(0, 256, (300, 200)).astype(np.uint8)
+    assert np.array_equal(d.colourise(tile, lut), np.take(lut, tile))  # what it was
+    assert np.array_equal(d.colourise(tile[::3, 1::2], lut), np.take(lut, tile[::3, 1::2]))
 
 
 @pytest.mark.parametrize("stretch", d.STRETCHES)
