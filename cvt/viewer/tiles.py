@@ -256,39 +256,46 @@ class Layout:
         return out
 
     def _rects_in(self, src: Source, level: int, window: tuple[int, int, int, int]):
+        return [tuple(row) for row in self._rect_table(src, level, window).tolist()]
+
+    def _rect_table(self, src: Source, level: int, window: tuple[int, int, int, int]) -> np.ndarray:
+        """``_rects_in`` as an ``(n, 5)`` int64 array."""
         r0, r1, c0, c1 = window
         s = src.scale(level)
         ox, oy = src.origin
         x0, y0, x1, y1 = ox + c0 * s, oy + r0 * s, ox + c1 * s, oy + r1 * s
+        b = self.amp_boxes
         if src.index >= 0:
             d = self.detectors[src.index]
-            candidates = range(d.amp_start, d.amp_start + len(d.amps))
+            candidates = np.arange(d.amp_start, d.amp_start + len(d.amps))
         else:
-            b = self.amp_boxes
             candidates = np.flatnonzero(
                 (b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0)
             )
-        out = []
-        for i in candidates:
-            ax0, ay0, ax1, ay1 = self.amp_boxes[i]
-            a, b_ = pixel_span(ax0, ax1, ox, s)
-            c, d_ = pixel_span(ay0, ay1, oy, s)
-            cc0, cc1 = max(a, c0), min(b_, c1)
-            rr0, rr1 = max(c, r0), min(d_, r1)
-            if cc1 > cc0 and rr1 > rr0:
-                out.append((int(i), rr0 - r0, rr1 - r0, cc0 - c0, cc1 - c0))
-        return out
+        # pixel_span of every candidate's sides at once (the same float arithmetic): a Python
+        # loop over the 3,216 amps of an overview level held the interpreter lock in the
+        # workers for each of its tiles
+        box = b[candidates]
+        cols = np.ceil((box[:, 0::2] - ox) / s - 0.5)
+        rows = np.ceil((box[:, 1::2] - oy) / s - 0.5)
+        cc0, cc1 = np.maximum(cols[:, 0], c0), np.minimum(cols[:, 1], c1)
+        rr0, rr1 = np.maximum(rows[:, 0], r0), np.minimum(rows[:, 1], r1)
+        keep = (cc1 > cc0) & (rr1 > rr0)
+        return np.stack(
+            [candidates[keep], rr0[keep] - r0, rr1[keep] - r0, cc0[keep] - c0, cc1[keep] - c0],
+            axis=1,
+        ).astype(np.int64)
 
     def amp_samples(self, level_image: np.ndarray, level: int, size: int) -> list[np.ndarray]:
         """Per-amp sorted samples from a whole overview level (the statistics of every
-        stretch)."""
-        from cvt.display import sorted_sample
+        stretch): ``sorted_sample`` of each amp's pixels, in kernels (``rect_samples``)."""
+        from cvt.display import rect_samples
 
         ny, nx = level_image.shape
-        rects = self._rects_in(self.overview, level, (0, ny, 0, nx))
+        rects = self._rect_table(self.overview, level, (0, ny, 0, nx))
         out = [np.empty(0, dtype=np.float32) for _ in range(len(self.amp_names))]
-        for i, r0, r1, c0, c1 in rects:
-            out[i] = sorted_sample(level_image[r0:r1, c0:c1], size)
+        for i, sample in zip(rects[:, 0].tolist(), rect_samples(level_image, rects[:, 1:], size)):
+            out[i] = sample
         return out
 
     # --- what is where

@@ -176,3 +176,40 @@ def test_positions_and_rotations_match_the_table(obs_lsst, lsstcam):
         yaw = float(row["yaw"])
         assert math.isclose(math.cos(yaw), math.cos(d.quarter_turns * math.pi / 2), abs_tol=1e-9)
         assert math.isclose(math.sin(yaw), math.sin(d.quarter_turns * math.pi / 2), abs_tol=1e-9)
+
+
+def test_camera_parse_lets_other_threads_run():
+    """``load_camera`` parses its table with a Python-level hook: the same dicts as plain
+    ``json.load``, in steps that hand the interpreter lock over (one C call held it 13-16 ms,
+    on the viewer's io worker while the GUI thread drew the first frame)."""
+    import sys
+    import threading
+    import time
+
+    from core.camera import _FILES, _pairs
+
+    for name in _FILES.values():
+        text = resource("cameras", name + ".json").read_text()
+        assert json.loads(text, object_pairs_hook=_pairs) == json.loads(text)
+    text = resource("cameras", _FILES["LSSTCam"] + ".json").read_text()
+
+    def beats_while(parse) -> int:
+        """How often this thread ran (a 1 ms sleep loop) while another thread parsed."""
+        done, beats = threading.Event(), [0]
+        t = threading.Thread(target=lambda: ([parse() for _ in range(4)], done.set()))
+        t.start()
+        while not done.is_set():
+            time.sleep(0.001)
+            beats[0] += 1
+        t.join()
+        return beats[0]
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        stepwise = beats_while(lambda: json.loads(text, object_pairs_hook=_pairs))
+        one_call = beats_while(lambda: json.loads(text))
+    finally:
+        sys.setswitchinterval(old)
+    print(f"beats: stepwise {stepwise}, one call {one_call}")  # counts, not times: noise-proof
+    assert stepwise > 5 and stepwise > 2 * one_call, (stepwise, one_call)

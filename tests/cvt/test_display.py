@@ -144,6 +144,123 @@ def test_zscale_of_a_constant_and_of_too_few_pixels():
     assert d.zscale_limits(np.array([np.nan])) == (0.0, 1.0)
 
 
+def _zscale_cases(seed: int, count: int):
+    """Samples of every shape zscale meets: sky, integer counts, dead and saturated amps, ramps,
+    heavy tails, few values, NaN, float32 and float64, sorted or not, sizes around the
+    1000-value subsample's strides."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 100, 199, 200, 257, 999, 1000, 1001, 1999, 2000,
+             2001, 4096, 12_345]  # fmt: skip
+    for i in range(count):
+        n = sizes[i % len(sizes)] if i % 3 else int(rng.integers(1, 5000))
+        kind = i % 9
+        if kind == 0:
+            x = rng.normal(1000.0, 20.0, n)
+        elif kind == 1:
+            x = np.round(rng.normal(1000.0, 5.0, n))  # integer counts, many ties
+        elif kind == 2:
+            x = np.full(n, 42.0)  # a dead amp
+        elif kind == 3:
+            x = rng.lognormal(3.0, 1.0, n)
+        elif kind == 4:
+            # a ramp, of a whole slope: the fit is exact, nothing rejected. (With a slope such as
+            # 2.29 the residuals are rounding errors, and which of them exceed 2.5 sigma is
+            # decided by the last bits: numpy's own result changes when its ``dx @ dx`` is
+            # written ``np.sum(dx * dx)``, for one ramp in five at contrast 1.)
+            x = np.arange(n, dtype=np.float64) * float(rng.integers(1, 50))
+        elif kind == 5:
+            x = rng.normal(0.0, 1.0, n)
+            x[rng.random(n) < 0.3] = rng.exponential(1e4)  # stars and hot pixels
+        elif kind == 6:
+            x = np.r_[np.full(n // 2, 1e6), rng.normal(100.0, 3.0, n - n // 2)]  # saturated half
+        elif kind == 7:
+            x = rng.integers(0, 3, n).astype(np.float64)  # three values
+        else:
+            x = rng.normal(1e4, 1.0, n)  # a large offset
+        if i % 4 == 0:
+            x[rng.random(n) < 0.1] = np.nan
+        if i % 10 == 9:
+            x[:] = np.nan
+        if i % 5 == 0:
+            x = x.astype(np.float32)
+        if i % 7 == 0:
+            x = np.sort(x)
+        yield x
+
+
+def _close_limits(got, want, values) -> bool:
+    """Equal, or within a few units in the last place of the data's scale (the line fit's dot
+    products: BLAS in numpy, pairwise in the kernel)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    scale = float(np.abs(finite).max()) if finite.size else 1.0
+    return all(g == w or abs(g - w) <= 1e-13 * max(abs(w), scale) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zscale_kernel_equals_the_numpy_reference(seed):
+    cases = list(_zscale_cases(seed, 700))
+    lo, hi = [], []
+    for x in cases:  # one row at a time
+        a, b = d.zscale_packed(x, np.array([0, x.size]))
+        lo.append(a[0])
+        hi.append(b[0])
+    bad = [
+        (i, (lo[i], hi[i]), d.zscale_limits(x))
+        for i, x in enumerate(cases)
+        if not _close_limits((lo[i], hi[i]), d.zscale_limits(x), x)
+    ]
+    assert not bad, bad[:5]
+    # packed (one call, every row), as the viewer calls it, with other contrasts
+    values = np.concatenate([x.astype(np.float64) for x in cases])
+    offsets = np.r_[0, np.cumsum([x.size for x in cases])]
+    for contrast in (0.25, 1.0, 0.0):
+        lo, hi = d.zscale_packed(values, offsets, contrast)
+        for i, x in enumerate(cases):
+            want = d.zscale_limits(x, contrast=contrast)
+            assert _close_limits((lo[i], hi[i]), want, x), (i, contrast, lo[i], hi[i], want)
+
+
+def test_pairwise_sum_is_numpys():
+    """The kernels' sum is numpy's to the last bit (its means and deviations feed zscale)."""
+    from cvt._display_kernels import _pairwise_sum
+
+    rng = np.random.default_rng(7)
+    for n in [*range(300), 1000, 1001, 4095, 4096, 12_345]:
+        a = rng.standard_normal(n) * 10 ** rng.uniform(-3, 6) + rng.uniform(-1e4, 1e4)
+        padded = np.r_[np.zeros(3), a]
+        assert _pairwise_sum(padded, 3, n) == np.sum(a), n
+
+
+def test_zscale_kernel_edge_cases():
+    """A constant, too few pixels, no finite value, an empty row: as the reference."""
+    for x in (np.full(100, 5.0), np.array([1.0, 2.0, 3.0]), np.array([7.5]),
+              np.array([np.nan]), np.array([np.inf, -np.inf, np.nan, 2.0]),
+              np.array([3.0, np.nan, 1.0, 2.0, np.nan, 9.0, 4.0]), np.arange(5.0),
+              np.arange(1000, dtype=np.int16)):  # fmt: skip
+        lo, hi = d.zscale_packed(x, np.array([0, x.size]))
+        assert (lo[0], hi[0]) == d.zscale_limits(x), x
+    lo, hi = d.zscale_packed(np.arange(4.0), np.array([0, 0, 4, 4]))
+    assert lo.tolist() == [0.0, 0.0, 0.0] and hi.tolist() == [1.0, 3.0, 1.0]  # empty rows: (0, 1)
+    assert d.zscale_packed(np.full(100, 5.0), np.array([0, 100]))[0][0] == 5.0
+
+
+def test_zscale_limits_of_many_amps_equal_the_reference():
+    """``build_transfers`` with zscale limits (the kernel, for the packed rows and for a single
+    sample alike) against ``zscale_limits`` per amp."""
+    samples = _amp_samples(5)
+    s = d.DisplaySettings(stretch="linear", limits="zscale", contrast=0.5)
+    t = d.build_transfers(1, s, samples, np.arange(len(samples)) // 16)
+    for i, sample in enumerate(samples):
+        if not sample.size:
+            continue
+        want = d.zscale_limits(sample, contrast=0.5)
+        if want[1] - want[0] > max(abs(want[0]), abs(want[1]), 1.0) * 1e-6:  # not degenerate
+            assert _close_limits(t.limits(i), want, sample), (i, t.limits(i), want)
+    one = d.transfer(samples[0], s)
+    assert _close_limits((one.lo, one.hi), d.zscale_limits(samples[0], contrast=0.5), samples[0])
+
+
 def test_sorted_sample_keeps_extremes_and_quantiles():
     rng = np.random.default_rng(3)
     v = rng.lognormal(3, 1, 100_000).astype(np.float32)
@@ -156,6 +273,33 @@ def test_sorted_sample_keeps_extremes_and_quantiles():
     for q in (10, 50, 90):
         assert np.percentile(s, q) == pytest.approx(np.percentile(finite, q), rel=0.01)
     assert d.sorted_sample(np.array([np.nan, np.nan])).size == 0
+
+
+@pytest.mark.parametrize("size", [d.SAMPLE_SIZE, 100, 1])
+def test_rect_samples_are_the_sorted_samples_of_each_rect(size):
+    """``rect_samples`` (kernels and numpy's sort, the interpreter lock free) gives the very
+    arrays ``sorted_sample`` gives for each rect: every rect shape, NaN, signed zeros,
+    more rects than one batch."""
+    rng = np.random.default_rng(11)
+    img = rng.normal(1000.0, 30.0, (300, 400)).astype(np.float32)
+    img[rng.random(img.shape) < 0.03] = np.nan
+    img[:, 7] = np.inf  # sorted_sample drops every non-finite value
+    img[40:60, 100:140] = 0.0
+    img[40:60:3, 100:140:2] = -0.0
+    img[200:230, 300:330] = np.nan  # a rect without statistics
+    img[100:102, :] = np.round(img[100:102, :])  # ties
+    rects = [(0, 300, 0, 400), (40, 60, 90, 150), (200, 230, 300, 330), (5, 5, 0, 10),
+             (0, 1, 0, 1), (10, 12, 3, 9), (250, 300, 0, 400)]  # fmt: skip
+    for _ in range(2 * d.RECT_BATCH + 13):
+        r0, c0 = int(rng.integers(0, 290)), int(rng.integers(0, 390))
+        rects.append((r0, r0 + int(rng.integers(0, 80)), c0, c0 + int(rng.integers(1, 90))))
+    got = d.rect_samples(img, rects, size)
+    assert len(got) == len(rects)
+    for (r0, r1, c0, c1), g in zip(rects, got):
+        want = d.sorted_sample(img[r0:r1, c0:c1], size)
+        assert g.dtype == np.float32 and np.array_equal(g, want), (r0, r1, c0, c1)
+        assert np.array_equal(np.signbit(g), np.signbit(want))
+    assert d.rect_samples(img, [], size) == []
 
 
 def test_histeq_transfer_is_the_midrank_cdf():
@@ -302,6 +446,9 @@ def test_argb_lut_and_colourise():
     index = np.array([[0, 1], [128, 255]], dtype=np.uint8)
     out = d.colourise(index, lut)
     assert out.dtype == np.uint32 and out.tolist() == [[lut[0], lut[1]], [lut[128], lut[255]]]
+    tile = np.random.default_rng(0).integers(0, 256, (300, 200)).astype(np.uint8)
+    assert np.array_equal(d.colourise(tile, lut), np.take(lut, tile))  # what it was
+    assert np.array_equal(d.colourise(tile[::3, 1::2], lut), np.take(lut, tile[::3, 1::2]))
 
 
 @pytest.mark.parametrize("stretch", d.STRETCHES)
@@ -323,6 +470,51 @@ def test_tiles_of_many_amps_match_the_per_amp_transfers(stretch):
         want[r0:r1, c0:c1] = t.apply(data[r0:r1, c0:c1], amp)
     assert np.abs(got.astype(int) - want).max() <= 1  # float rounding; table steps for histeq
     assert (got[:3] == 0).all()
+
+
+def _numpy_apply_labels(t: d.Transfers, data, labels):
+    """The numpy form of ``apply_labels`` for equalisation (what the kernel replaced)."""
+    rows_of, lo, steps, tables = t.stacked
+    rows = rows_of[labels.astype(np.int32) + 1]
+    q = np.subtract(data, lo[rows], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q *= steps[rows]
+    q += np.float32(0.5)
+    np.clip(q, 0.0, d.STACKED_SIZE - 1, out=q)
+    np.nan_to_num(q, copy=False, nan=d.STACKED_SIZE)
+    flat = rows * (d.STACKED_SIZE + 1)
+    flat += q.astype(np.int32)
+    return tables.ravel()[flat]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equalised_tiles_of_many_amps_equal_the_numpy_form(seed):
+    """The overview's kernel (labels filled and tables looked up without the interpreter lock)
+    gives the very indices of the numpy code it replaced: NaN, infinities, values beyond the
+    limits, pixels of no amp, an amp without statistics, a dead amp, float64 data."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    samples = [d.sorted_sample(rng.normal(i % 7 * 10, 1 + i % 3, 800)) for i in range(n)]
+    samples[5] = np.zeros(50, np.float32)
+    samples[9] = np.empty(0, np.float32)
+    t = d.build_transfers(1, d.DisplaySettings(), samples, np.arange(n) // 16)
+    data = rng.normal(30, 25, (130, 170)).astype(np.float32)
+    data[rng.random(data.shape) < 0.05] = np.nan
+    data[rng.random(data.shape) < 0.01] = np.inf
+    data[rng.random(data.shape) < 0.01] = -np.inf
+    data[rng.random(data.shape) < 0.01] = 1e30
+    rects = [(i, (i // 17) * 10, (i // 17) * 10 + 10, (i % 17) * 10, (i % 17) * 10 + 9)
+             for i in range(n // 2)]  # fmt: skip
+    rects.append((199, 125, 140, 160, 180))  # beyond the tile: clipped, as slicing does
+    labels = np.full(data.shape, -1, dtype=np.int32)
+    for amp, r0, r1, c0, c1 in rects:
+        labels[r0:r1, c0:c1] = amp
+    want = _numpy_apply_labels(t, data, labels)
+    assert np.array_equal(t.apply_labels(data, labels), want)
+    assert np.array_equal(d.apply_rects(data, rects, t), want)
+    wide = data.astype(np.float64)
+    assert np.array_equal(d.apply_rects(wide, rects, t), _numpy_apply_labels(t, wide, labels))
+    assert np.array_equal(t.apply_labels(data[::2, 1::3], labels[::2, 1::3]), want[::2, 1::3])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,6 +129,56 @@ def test_levels_tiles_and_rects(sim_exposure):
     assert pixel_span(1.0, 3.0, 0.0, 4.0) == (0, 1)
 
 
+def test_amp_rects_and_samples_equal_the_per_amp_loops(sim_exposure):
+    """The amps' rects in a tile, and the per-amp samples of an overview level, worked out at
+    once (numpy, kernels) are those of the per-amp loops they replace."""
+    from core.camera import load_camera
+    from core.exposure import open_exposure
+    from cvt.display import SAMPLE_SIZE, sorted_sample
+    from cvt.viewer.tiles import build_layout, pixel_span
+
+    layout, _ = build_layout(open_exposure(sim_exposure[0]), load_camera("LSSTCam"))
+
+    def loop(src, level, window):
+        r0, r1, c0, c1 = window
+        s = src.scale(level)
+        ox, oy = src.origin
+        out = []
+        for i in range(len(layout.amp_names)):
+            ax0, ay0, ax1, ay1 = layout.amp_boxes[i]
+            if src.index >= 0 and layout.amp_det[i] != src.index:
+                continue
+            a, b = pixel_span(ax0, ax1, ox, s)
+            c, e = pixel_span(ay0, ay1, oy, s)
+            cc0, cc1, rr0, rr1 = max(a, c0), min(b, c1), max(c, r0), min(e, r1)
+            if cc1 > cc0 and rr1 > rr0:
+                out.append((i, rr0 - r0, rr1 - r0, cc0 - c0, cc1 - c0))
+        return out
+
+    for src in [layout.overview, *layout.sources.values()]:
+        for level in range(src.n_levels):
+            ny, nx = src.level_shapes[level]
+            windows = [(0, ny, 0, nx)] + [
+                src.tile_slices(level, k.ty, k.tx) for k in src.keys(level)
+            ]
+            windows.append((ny // 3, ny // 3 + 7, nx // 2, nx // 2 + 5))
+            for window in windows:
+                got = layout._rects_in(src, level, window)
+                assert got == loop(src, level, window), (src.name, level, window)
+                assert all(type(v) is int for rect in got for v in rect)
+    ov = layout.overview
+    rng = np.random.default_rng(0)
+    for level in range(ov.n_levels):
+        img = rng.normal(100.0, 5.0, ov.level_shapes[level]).astype(np.float32)
+        img[rng.random(img.shape) < 0.1] = np.nan
+        got = layout.amp_samples(img, level, SAMPLE_SIZE)
+        want = [np.empty(0, np.float32) for _ in layout.amp_names]
+        for i, r0, r1, c0, c1 in loop(ov, level, (0, img.shape[0], 0, img.shape[1])):
+            want[i] = sorted_sample(img[r0:r1, c0:c1], SAMPLE_SIZE)
+        assert len(got) == len(want)
+        assert all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want))
+
+
 def src_of(layout, key):
     return layout.overview if key.source == "overview" else layout.sources[key.source]
 
