@@ -315,6 +315,10 @@ def coarsen2_sum(a, out):
 def bin_means(sums, counts, out):
     """``sums / counts`` as float32 where ``counts > 0``, NaN elsewhere (a bin no pixel fell in)."""
     for j in range(out.shape[0]):
-        for i in range(out.shape[1]):
-            c = counts[j, i]
-            out[j, i] = sums[j, i] / c if c > 0 else np.nan
+        s = sums[j]
+        n = counts[j]
+        o = out[j]
+        for i in range(out.shape[1]):  # branch-free, so it vectorises
+            c = n[i]
+            v = s[i] / max(c, 1)
+            o[i] = v if c > 0 else np.nan

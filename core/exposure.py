@@ -201,6 +201,12 @@ class OverviewGrid:
         self.sums[by : by + h, bx : bx + w] += sums
         self.counts[by : by + h, bx : bx + w] += counts
 
+    def warm(self) -> None:
+        """Load the kernels of ``levels`` now (the first numba call of a process costs ~1 s):
+        the ingest calls this at its start, while its workers start, not at its end."""
+        tiny_s, tiny_c = np.zeros((2, 2)), np.zeros((2, 2), dtype=np.int64)
+        _bin_means(_coarsen(tiny_s), _coarsen(tiny_c))
+
     def levels(self) -> list[np.ndarray]:
         sums, counts = self.sums, self.counts
         out = []

@@ -285,6 +285,7 @@ class CcdCollector:
     def __init__(self, camera: Camera):
         self.camera = camera
         self.grid = OverviewGrid.for_bounds(camera.fp_bounds)
+        self.grid.warm()
         self.nodes: dict[str, dict] = {}
         self.detectors: list[str] = []
         self.failures: list[dict] = []
