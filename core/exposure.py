@@ -166,6 +166,7 @@ class OverviewGrid:
     ny: int
     sums: np.ndarray = field(repr=False, default=None)
     counts: np.ndarray = field(repr=False, default=None)
+    warmed: bool = field(repr=False, default=False)
 
     @classmethod
     def for_bounds(cls, bounds: tuple[float, float, float, float]) -> OverviewGrid:
@@ -203,9 +204,10 @@ class OverviewGrid:
 
     def warm(self) -> None:
         """Load the kernels of ``levels`` now (the first numba call of a process costs ~1 s):
-        the ingest calls this at its start, while its workers start, not at its end."""
+        the ingest calls this once its first CCDs are submitted, not after its last."""
         tiny_s, tiny_c = np.zeros((2, 2)), np.zeros((2, 2), dtype=np.int64)
         _bin_means(_coarsen(tiny_s), _coarsen(tiny_c))
+        self.warmed = True
 
     def levels(self) -> list[np.ndarray]:
         sums, counts = self.sums, self.counts

@@ -285,7 +285,6 @@ class CcdCollector:
     def __init__(self, camera: Camera):
         self.camera = camera
         self.grid = OverviewGrid.for_bounds(camera.fp_bounds)
-        self.grid.warm()
         self.nodes: dict[str, dict] = {}
         self.detectors: list[str] = []
         self.failures: list[dict] = []
@@ -409,6 +408,8 @@ def ingest_exposure(
             in_flight = set()
             limit = 2 * max(1, getattr(executor, "_max_workers", 2))
             for path in paths:
+                if len(in_flight) == limit and not collected.grid.warmed:
+                    collected.grid.warm()  # the workers have their first CCDs meanwhile
                 while len(in_flight) >= limit:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     for f in done:
