@@ -12,6 +12,7 @@ import pytest
 
 from core.camera import PIXEL_SIZE_MM, build_camera_json, load_camera
 from core.resources import resource
+from tests.threads import beats_while
 
 ITL_RAFTS = {"R01", "R02", "R03", "R10", "R20", "R41", "R42", "R43"}
 CORNER_RAFTS = {"R00", "R04", "R40", "R44"}
@@ -182,10 +183,6 @@ def test_camera_parse_lets_other_threads_run():
     """``load_camera`` parses its table with a Python-level hook: the same dicts as plain
     ``json.load``, in steps that hand the interpreter lock over (one C call held it 13-16 ms,
     on the viewer's io worker while the GUI thread drew the first frame)."""
-    import sys
-    import threading
-    import time
-
     from core.camera import _FILES, _pairs
 
     for name in _FILES.values():
@@ -193,23 +190,7 @@ def test_camera_parse_lets_other_threads_run():
         assert json.loads(text, object_pairs_hook=_pairs) == json.loads(text)
     text = resource("cameras", _FILES["LSSTCam"] + ".json").read_text()
 
-    def beats_while(parse) -> int:
-        """How often this thread ran (a 1 ms sleep loop) while another thread parsed."""
-        done, beats = threading.Event(), [0]
-        t = threading.Thread(target=lambda: ([parse() for _ in range(4)], done.set()))
-        t.start()
-        while not done.is_set():
-            time.sleep(0.001)
-            beats[0] += 1
-        t.join()
-        return beats[0]
-
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    try:
-        stepwise = beats_while(lambda: json.loads(text, object_pairs_hook=_pairs))
-        one_call = beats_while(lambda: json.loads(text))
-    finally:
-        sys.setswitchinterval(old)
+    stepwise = beats_while(lambda: json.loads(text, object_pairs_hook=_pairs), repeat=4)
+    one_call = beats_while(lambda: json.loads(text), repeat=4)
     print(f"beats: stepwise {stepwise}, one call {one_call}")  # counts, not times: noise-proof
     assert stepwise > 5 and stepwise > 2 * one_call, (stepwise, one_call)

@@ -8,6 +8,7 @@ import zarr
 
 from core.lazyzarr import LazyGroup, open_group
 from core.zarrio import Writer
+from tests.threads import beats_while
 
 
 @pytest.fixture
@@ -61,9 +62,6 @@ def test_root_parse_lets_other_threads_run(store_path):
     """The root document is the same as ``json.loads`` gives, parsed in steps that hand the
     interpreter lock over (a 2 MB document parsed in one C call stalled the GUI thread)."""
     import json
-    import sys
-    import threading
-    import time
 
     from core.lazyzarr import read_root
 
@@ -73,24 +71,8 @@ def test_root_parse_lets_other_threads_run(store_path):
            for i in range(60_000)}  # fmt: skip
     text = json.dumps({"node_type": "group", "consolidated_metadata": {"metadata": big}})
     (store_path / "zarr.json").write_text(text)
-    def beats_while(parse) -> int:
-        """How often this thread ran (a 1 ms sleep loop) while another thread parsed."""
-        done, beats = threading.Event(), [0]
-        t = threading.Thread(target=lambda: (parse(), done.set()))
-        t.start()
-        while not done.is_set():
-            time.sleep(0.001)
-            beats[0] += 1
-        t.join()
-        return beats[0]
-
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    try:
-        stepwise = beats_while(lambda: read_root(store))
-        one_call = beats_while(lambda: json.loads(text))
-    finally:
-        sys.setswitchinterval(old)
+    stepwise = beats_while(lambda: read_root(store))
+    one_call = beats_while(lambda: json.loads(text))
     # json.loads holds the lock for the whole document: this thread hardly runs meanwhile;
     # the stepwise parse lets it run again and again (counts, not times: noise-proof)
     print(f"beats: stepwise {stepwise}, one call {one_call}")
