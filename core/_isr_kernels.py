@@ -192,6 +192,12 @@ def assemble_corrected(segments, row_bias, col_bias, x0, x1, y0, y1, base, step_
 
 
 @ngjit
+def _add(s, c, v):
+    """s + v, c + 1 unless v is NaN."""
+    return (s + v, c + 1) if v == v else (s, c)
+
+
+@ngjit
 def _mean2(a, xa, b, xb, n_rows, n_cols, s, c):
     """Add a[xa], a[xa + 1], b[xb], b[xb + 1] (as many as n_rows x n_cols) to s, c, skipping
     NaN; always in that order, so that every path sums alike."""
@@ -199,10 +205,7 @@ def _mean2(a, xa, b, xb, n_rows, n_cols, s, c):
         row = a if r == 0 else b
         x = xa if r == 0 else xb
         for d in range(n_cols):
-            v = row[x + d]
-            if v == v:
-                s += v
-                c += 1
+            s, c = _add(s, c, row[x + d])
     return s, c
 
 
@@ -222,24 +225,10 @@ def downsample2(src, out):
         if n_rows == 2:
             for i in range(hx):
                 x = 2 * i
-                s = 0.0
-                c = 0
-                v = a[x]
-                if v == v:
-                    s += v
-                    c += 1
-                v = a[x + 1]
-                if v == v:
-                    s += v
-                    c += 1
-                v = b[x]
-                if v == v:
-                    s += v
-                    c += 1
-                v = b[x + 1]
-                if v == v:
-                    s += v
-                    c += 1
+                s, c = _add(0.0, 0, a[x])
+                s, c = _add(s, c, a[x + 1])
+                s, c = _add(s, c, b[x])
+                s, c = _add(s, c, b[x + 1])
                 o[i] = s / c if c > 0 else np.nan
         else:
             for i in range(hx):
