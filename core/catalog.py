@@ -160,6 +160,8 @@ def _sql_value(v):
     t = type(v)
     if v is None or t is str or t is int:
         return v
+    if t is float:
+        return v if math.isfinite(v) else None  # SQLite has no NaN; NULL is "not measured"
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -219,21 +221,11 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
             "detector": [str(v) for v in metrics["detector"]],
             "amp": [str(v) for v in metrics["amp"]],
             "status": statuses,
-            **{c: _sql_column(metrics[c]) for c in names},
+            **{c: np.asarray(metrics[c]).tolist() for c in names},  # NaN -> NULL in _write
         }
         keys = list(columns)
         amps = [dict(zip(keys, values)) for values in zip(*columns.values())]
     return row, amps
-
-
-def _sql_column(values) -> list:
-    """A metrics column as SQLite values: Python numbers and strings, NULL for NaN."""
-    values = np.asarray(values)
-    if values.dtype.kind == "f":
-        out = values.astype(object)  # Python floats
-        out[~np.isfinite(values)] = None
-        return out.tolist()
-    return [_sql_value(v) for v in values.tolist()]
 
 
 def _write(db: sqlite3.Connection, row: dict, amps: list[dict]) -> None:
