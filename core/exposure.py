@@ -22,7 +22,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import fsspec
@@ -166,7 +166,6 @@ class OverviewGrid:
     ny: int
     sums: np.ndarray = field(repr=False, default=None)
     counts: np.ndarray = field(repr=False, default=None)
-    warmed: bool = field(repr=False, default=False)
 
     @classmethod
     def for_bounds(cls, bounds: tuple[float, float, float, float]) -> OverviewGrid:
@@ -202,13 +201,6 @@ class OverviewGrid:
         self.sums[by : by + h, bx : bx + w] += sums
         self.counts[by : by + h, bx : bx + w] += counts
 
-    def warm(self) -> None:
-        """Load the kernels of ``levels`` now (the first numba call of a process costs ~1 s):
-        the ingest calls this once its first CCDs are submitted, not after its last."""
-        tiny_s, tiny_c = np.zeros((2, 2)), np.zeros((2, 2), dtype=np.int64)
-        _bin_means(_coarsen(tiny_s), _coarsen(tiny_c))
-        self.warmed = True
-
     def levels(self) -> list[np.ndarray]:
         sums, counts = self.sums, self.counts
         out = []
@@ -217,6 +209,13 @@ class OverviewGrid:
                 sums, counts = _coarsen(sums), _coarsen(counts)
             out.append(_bin_means(sums, counts))
         return out
+
+
+@cache
+def load_overview_kernels() -> None:
+    """Load the kernels of ``OverviewGrid.levels`` (a process's first numba call costs ~1 s):
+    the ingest calls this once its first CCDs are submitted, not after its last. Once."""
+    _bin_means(_coarsen(np.zeros((2, 2))), _coarsen(np.zeros((2, 2), dtype=np.int64)))
 
 
 def _coarsen(a: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from core.exposure import (
     ExposureError,
     OverviewGrid,
     exposure_attributes,
+    load_overview_kernels,
     write_detector,
     write_overview,
     write_table,
@@ -408,8 +409,8 @@ def ingest_exposure(
             in_flight = set()
             limit = 2 * max(1, getattr(executor, "_max_workers", 2))
             for path in paths:
-                if len(in_flight) == limit and not collected.grid.warmed:
-                    collected.grid.warm()  # the workers have their first CCDs meanwhile
+                if len(in_flight) == limit:
+                    load_overview_kernels()  # the workers have their first CCDs meanwhile
                 while len(in_flight) >= limit:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     for f in done:
