@@ -83,7 +83,6 @@ class Repository:
         if not self.root.is_dir():
             raise NotADirectoryError(f"{self.root}: not a folder")
         self._summaries: dict[str, tuple[tuple, dict]] = {}
-        self._complete: dict[str, tuple[tuple, bool]] = {}
         self._lock = threading.Lock()
 
     def exposures(self) -> list[str]:
@@ -175,26 +174,10 @@ class Repository:
         anything in an exposure still filling (``cvt watch`` replaces its root and overview
         chunks as CCDs arrive), so no cache keeps a stale copy."""
         rel = real.relative_to(self.root)
-        if real.name == "zarr.json" or not rel.parts:
+        if real.name == "zarr.json" or not rel.parts or not rel.parts[0].endswith(".zarr"):
             return "no-cache"
-        root = self.root / rel.parts[0] / "zarr.json"
-        try:
-            st = root.stat()
-        except OSError:
-            return "no-cache"
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        with self._lock:
-            hit = self._complete.get(rel.parts[0])
-        if hit is None or hit[0] != key:
-            try:
-                attrs = json.loads(root.read_bytes()).get("attributes", {}).get("cvt", {})
-                complete = attrs.get("complete") is True
-            except (OSError, ValueError, AttributeError):
-                complete = False
-            hit = (key, complete)
-            with self._lock:
-                self._complete[rel.parts[0]] = hit
-        return IMMUTABLE if hit[1] else "no-cache"
+        summary = self.summary(rel.parts[0][: -len(".zarr")])  # cached on the root's stat
+        return IMMUTABLE if summary and summary.get("complete") is True else "no-cache"
 
     # -- what the listing says of each exposure (cached: exposures are written once)
 
