@@ -80,11 +80,17 @@ def same_view(qtbot, a, b, rect) -> tuple:
     return a.view.grab().toImage(), b.view.grab().toImage()
 
 
-def test_a_failing_server_never_freezes_the_window(viewer, qtbot, sim_exposure, tmp_path):
-    old = remote.configure(cache_dir=None, cache_bytes=0, backoff=0.02, backoff_max=0.3)
+def one_exposure_repo(sim_exposure, tmp_path: Path) -> Path:
+    """A repository holding the simulated exposure as OBSID, published as the ingest does."""
     repo = tmp_path / "repo"
     repo.mkdir()
     publish_copy(Path(sim_exposure[0]), repo, OBSID)
+    return repo
+
+
+def test_a_failing_server_never_freezes_the_window(viewer, qtbot, sim_exposure, tmp_path):
+    old = remote.configure(cache_dir=None, cache_bytes=0, backoff=0.02, backoff_max=0.3)
+    repo = one_exposure_repo(sim_exposure, tmp_path)
     port = free_port()
     beat = Heartbeat()
     served = None
@@ -190,9 +196,7 @@ def test_a_failing_server_never_freezes_the_window(viewer, qtbot, sim_exposure, 
 
 def test_a_corrupt_root_document_is_an_error_not_a_picture(viewer, qtbot, sim_exposure, tmp_path):
     old = remote.configure(cache_dir=None, cache_bytes=0, backoff=0.01, backoff_max=0.05)
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    publish_copy(Path(sim_exposure[0]), repo, OBSID)
+    repo = one_exposure_repo(sim_exposure, tmp_path)
     beat = Heartbeat()
     served = start_server(
         qtbot, repo, tmp_path / "s.log", free_port(), "--inject-faults", "short:1"
