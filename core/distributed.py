@@ -116,23 +116,30 @@ def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     worker or one task)."""
     if scheduler:
         return DaskExecutor(scheduler)
-    import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or n_tasks <= 1:
         return None
-    context = multiprocessing.get_context("forkserver")
-    # the forkserver imports the ingest once (core._preload), starting now, while the caller
-    # reads the raw headers; workers fork from it with everything imported
-    context.set_forkserver_preload(["core._preload"])
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=start_local_workers(), initializer=keep_freed_memory
+    )
+
+
+def start_local_workers():
+    """Start (once; later calls return at once) the forkserver that local ingest workers fork
+    from, and return its multiprocessing context. It imports the ingest and readies numba once
+    (``core._preload``, ~2 s), in parallel with whatever the caller does next: ``cvt ingest``
+    calls this before importing the ingest itself and reading the raw headers, and the workers
+    fork with everything loaded."""
+    import multiprocessing
     from multiprocessing import forkserver
 
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["core._preload"])
     forkserver.ensure_running()
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=keep_freed_memory
-    )
+    return context
 
 
 def keep_freed_memory() -> None:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from core.distributed import SchedulerError
-from core.ingest import ingest
-from core.isr import IsrConfig
-from cvt.progress import Progress
+from core.distributed import SchedulerError, start_local_workers
 
 
 def add_arguments(parser) -> None:
@@ -38,6 +36,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    if not args.scheduler and args.workers != 1 and _several(args.inputs):
+        # the local workers' forkserver imports the ingest (~2 s) while this process does too
+        # and reads the headers: the first CCDs start ~1 s sooner
+        start_local_workers()
+    from core.ingest import ingest
+    from core.isr import IsrConfig
+    from cvt.progress import Progress
+
     progress = None if args.quiet else Progress()
     config = IsrConfig(parallel=args.parallel_overscan)
     try:
@@ -72,3 +78,8 @@ def run(args) -> int:
         return 2
     failed = any(not r.ok or r.failures for r in reports) or unreadable
     return 1 if failed else 0
+
+
+def _several(inputs: list[str]) -> bool:
+    """More than one raw file, perhaps (a folder may hold one): a pool is worth starting."""
+    return len(inputs) > 1 or Path(inputs[0]).is_dir()

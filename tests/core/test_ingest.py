@@ -162,14 +162,17 @@ def test_opening_something_else_says_what_is_wrong(tmp_path):
 
 def test_local_workers_fork_with_the_ingest_already_imported(tmp_path):
     """The pool's forkserver imports the ingest once (core._preload) as soon as the pool is
-    made, so a worker's first CCD does not begin with a second of imports."""
+    made, and readies numba's CPU target (it imports numba.np.arraymath then) and the cameras,
+    so a worker's first CCD does not begin with two seconds of imports and parsing."""
     import os
     import subprocess
     import sys
 
     (tmp_path / "probe_mod.py").write_text(
-        "import sys\n\ndef probe():\n    return sorted(m for m in ('core._preload', 'core.ingest')"
-        " if m in sys.modules)\n"
+        "import sys\n\ndef probe():\n"
+        "    from core.camera import load_camera\n"
+        "    mods = ('core._preload', 'core.ingest', 'numba.np.arraymath')\n"
+        "    return sorted(m for m in mods if m in sys.modules), load_camera.cache_info().currsize\n"
     )
     code = (
         "from core.distributed import make_executor\n"
@@ -187,4 +190,6 @@ def test_local_workers_fork_with_the_ingest_already_imported(tmp_path):
         [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[-2] == "['core._preload', 'core.ingest']", out.stdout
+    assert out.stdout.split("\n")[-2] == (
+        "(['core._preload', 'core.ingest', 'numba.np.arraymath'], 3)"
+    ), out.stdout
