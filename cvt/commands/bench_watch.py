@@ -3,12 +3,22 @@ pace; the latency from each exposure's last file landing to the exposure being c
 
 One exposure of the chosen detectors is simulated once (not timed); each exposure of the night is
 that exposure's files with the primary header made into a new exposure (OBSID, SEQNUM and the
-times), written beside the folder and renamed in, all of an exposure's files spread over
-``--readout`` seconds, one exposure every ``--spacing`` seconds. The watcher runs in this process
-(tasks on the local process pool, or ``--scheduler``). Raw files and stores of completed exposures
-are deleted as the night goes (``--keep`` keeps the stores), so a long full-camera night fits on
-the disk. Target (ARCHITECTURE.md): a full LSSTCam exposure complete within 30 s of its last file
-on a 2-core machine.
+times), written beside the folder (staged, not timed) and renamed in, all of an exposure's files
+spread over ``--readout`` seconds, one exposure every ``--spacing`` seconds.
+
+An exposure is staged just before it lands, once the one before it is complete, when the
+machine's memory cannot hold two exposures' raws as well as the work (a full camera is 15 GB, this
+VM has 24 GB): the files of an exposure then land as the camera's do, in memory, and the night is
+paced by the staging rather than by ``--spacing`` (it says so). Writing the copies during the
+night made the landing itself the load (34 s for a full camera instead of the camera's 2 s, on
+the cores the ingest needed), and staging a whole night ahead left the first exposures' files
+on a disk that reads 0.37 GB/s (latency 45-48 s, for the disk's sake, not the ingest's). The
+camera's writers are not the ingest machine's work: at the summit the raws land from the network.
+
+The watcher runs in this process (tasks on the local process pool, or ``--scheduler``). Raw files
+and stores of completed exposures are deleted as the night goes (``--keep`` keeps the stores).
+Target (ARCHITECTURE.md): a full LSSTCam exposure complete within 30 s of its last file on a
+2-core machine.
 """
 
 from __future__ import annotations
@@ -100,23 +110,34 @@ class Template:
             raise ValueError(f"{self.path}: the new header changed length")
         return text
 
-    def land(self, folder: Path, seq: int, shift: float) -> Path:
-        """Write the file of exposure ``seq`` aside and rename it into ``folder`` (the template's
-        own exposure is hard-linked: it lands at once and costs no disk)."""
-        name = re.sub(r"_\d{6}_", f"_{seq:06d}_", self.path.name, count=1)
-        dest = folder / name
-        tmp = folder / f".{name}.part"
+    def stage(self, folder: Path, seq: int, shift: float) -> Path:
+        """Write the file of exposure ``seq`` into ``folder`` (the staging area, on the same
+        filesystem as the watched folder); the template's own exposure is hard-linked."""
+        path = folder / re.sub(r"_\d{6}_", f"_{seq:06d}_", self.path.name, count=1)
         if seq == int(self.header["SEQNUM"]):
-            os.link(self.path, tmp)
-            os.utime(tmp)  # it lands now
-            os.replace(tmp, dest)
-            return dest
-        with open(self.path, "rb") as src, open(tmp, "wb") as out:
+            os.link(self.path, path)
+            return path
+        with open(self.path, "rb") as src, open(path, "wb") as out:
             out.write(self.header_for(seq, shift))
             src.seek(self.n_header)
             shutil.copyfileobj(src, out, 16 << 20)
-        os.replace(tmp, dest)
-        return dest
+        return path
+
+
+def land(staged: Path, folder: Path) -> Path:
+    """A staged file lands in ``folder`` now: its mtime (the watcher's landing time) set, then
+    renamed in whole."""
+    os.utime(staged)
+    dest = folder / staged.name
+    os.replace(staged, dest)
+    return dest
+
+
+def _memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 def run(args) -> int:
@@ -147,6 +168,21 @@ def run(args) -> int:
     print(
         f"simulated the template exposure in {time.perf_counter() - t0:.0f} s ({size / 1e9:.2f} GB)"
     )
+    # one exposure's raws in memory at a time when two do not fit beside the work (8 GB)
+    one_at_a_time = 2 * size + 8e9 > _memory_bytes()
+    if one_at_a_time:
+        print(
+            f"staging one exposure at a time ({2 * size / 1e9:.0f} GB of raws for two exposures "
+            f"and {_memory_bytes() / 1e9:.0f} GB of memory): the night is paced by the staging"
+        )
+
+    def stage(k: int) -> list[Path]:
+        folder = work / "staged" / str(1 + k)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        files = [t.stage(folder, 1 + k, shift=k * args.spacing) for t in templates]
+        os.sync()  # the staging's writeback is not the night's
+        return files
 
     done_q: queue.Queue = queue.Queue()
     events: list[WatchEvent] = []
@@ -199,25 +235,33 @@ def run(args) -> int:
                 shutil.rmtree(repo / f"{e.obsid}.zarr", ignore_errors=True)
             block = False
 
+    staged = [] if one_at_a_time else [stage(k) for k in range(args.exposures)]
     t_night = time.time()
+    t_staging = 0.0
     try:
         for k in range(args.exposures):
             seq = 1 + k  # the first is the template's own exposure
-            start = t_night + k * args.spacing
+            if one_at_a_time:
+                while landed:  # the exposure before is complete and its raws gone
+                    tidy(block=True, timeout=0.5)
+                t = time.time()
+                if shutil.disk_usage(work).free < size + 2e9:
+                    print(f"  stopping the night: the disk has no room for exposure {seq}")
+                    break
+                staged.append(stage(k))
+                t_staging += time.time() - t
+            files = staged[k]
+            start = t_night + t_staging + k * args.spacing
             while time.time() < start:
                 tidy(block=True, timeout=max(0.01, min(0.5, start - time.time())))
-            free = shutil.disk_usage(raw).free
-            if k and free < 1.5 * size + 2e9:
-                print(f"  stopping the night: {free / 1e9:.1f} GB left on the disk")
-                break
             t_first = time.time()
             paths = []
-            for j, t in enumerate(templates):
-                due = t_first + args.readout * j / max(1, len(templates))
+            for j, f in enumerate(files):
+                due = t_first + args.readout * j / max(1, len(files))
                 delay = due - time.time()
                 if delay > 0:
                     time.sleep(delay)
-                paths.append(t.land(raw, seq, shift=k * args.spacing))
+                paths.append(land(f, raw))
             obsid = re.sub(r"_\d{6}$", f"_{seq:06d}", str(templates[0].header["OBSID"]))
             landed[obsid] = paths
             spreads.append(time.time() - t_first)
@@ -228,13 +272,15 @@ def run(args) -> int:
     finally:
         stop.set()
         thread.join()
+        shutil.rmtree(work / "staged", ignore_errors=True)  # what did not land
     done = watcher.done
     s = latency_summary(done)
     n_ccds = sum(len(d.detectors) for d in done)
-    wall = max(max(t_complete, default=time.time()) - t_night, 1e-9)
+    wall = max(max(t_complete, default=time.time()) - t_night - t_staging, 1e-9)
     print(
         f"\nlanding: {statistics.median(spreads):.1f} s per exposure (median; asked "
         f"{args.readout:g} s) for {size / 1e9:.2f} GB"
+        + (f"; staging between exposures {t_staging:.0f} s in all" if one_at_a_time else "")
     )
     if s["n"]:
         print(
@@ -242,7 +288,8 @@ def run(args) -> int:
             f"median {s['median']:.1f} s, p95 {s['p95']:.1f} s, max {s['max']:.1f} s"
         )
         print(
-            f"throughput: {n_ccds} CCDs in {wall:.0f} s of night = {n_ccds / wall:.2f} CCD/s; "
+            f"throughput: {n_ccds} CCDs in {wall:.0f} s of night (staging apart) = "
+            f"{n_ccds / wall:.2f} CCD/s; "
             f"{len(done)}/{len(spreads)} exposures complete, "
             f"{sum(d.timed_out for d in done)} timed out, errors: {len(watcher.errors)}"
         )
