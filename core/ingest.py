@@ -283,9 +283,9 @@ class CcdCollector:
     watcher (``core.watch``) both fill one and finish with ``write_products`` and ``attributes``,
     so the same CCDs make the same exposure whichever wrote it."""
 
-    def __init__(self, camera: Camera):
+    def __init__(self, camera: Camera, reuse: OverviewGrid | None = None):
         self.camera = camera
-        self.grid = OverviewGrid.for_bounds(camera.fp_bounds)
+        self.grid = OverviewGrid.for_bounds(camera.fp_bounds, reuse)
         self.nodes: dict[str, dict] = {}
         self.detectors: list[str] = []
         self.failures: list[dict] = []

@@ -46,7 +46,7 @@ import numpy as np
 from core import isr
 from core import rawfile as rf
 from core.camera import Camera, load_camera
-from core.exposure import PartialExposure
+from core.exposure import OverviewGrid, PartialExposure, load_overview_kernels
 from core.ingest import (
     FITS_SUFFIXES,
     CcdCollector,
@@ -338,6 +338,10 @@ class Watcher:
         self._scheduler = scheduler
         self._own_executor = executor is None
         self.executor = executor
+        self._spare_grid: OverviewGrid | None = None
+        # the overview's kernels now, while nothing has landed, not in the first exposure's
+        # refresh (a process's first numba call readies numba: ~0.75 s)
+        load_overview_kernels()
         if executor is None:
             from core.distributed import make_executor
 
@@ -433,7 +437,7 @@ class Watcher:
             obsid=obsid,
             camera=camera,
             part=part,
-            collector=CcdCollector(camera),
+            collector=CcdCollector(camera, self._spare_grid),
             summary={k: summary.get(k) for k in keys},
             expected=expected,
         )
@@ -498,6 +502,7 @@ class Watcher:
         self.state.completed(e.obsid, now, latency)
         record_in_catalog(self.repo, path)
         del self.filling[e.obsid]
+        self._spare_grid = c.grid  # the next exposure's, emptied (exposures come one by one)
         done = ExposureDone(
             e.obsid,
             path,

@@ -175,3 +175,20 @@ def test_amp_array_box_is_where_the_turned_ccd_puts_the_amp(turns):
     for k, a in enumerate(amps):
         r0, r1, c0, c1 = amp_array_box(a, ccd.shape, turns)
         assert (turned[r0:r1, c0:c1] == k).all() and (turned == k).sum() == (r1 - r0) * (c1 - c0)
+
+
+def test_an_overview_grid_taken_over_starts_empty_and_leaves_the_old_one_unusable():
+    """The watcher hands a finished exposure's grid to the next one (no new 256 MB to fault
+    in): the next starts from zeros in the same memory; the old grid can no longer write."""
+    from core.exposure import OverviewGrid
+
+    bounds = (-1000.0, -800.0, 1000.0, 900.0)
+    old = OverviewGrid.for_bounds(bounds)
+    old.add(1, 2, np.full((3, 4), 7.5), np.full((3, 4), 4, dtype=np.int64))
+    memory = old.sums.ctypes.data
+    new = OverviewGrid.for_bounds(bounds, reuse=old)
+    assert new.sums.ctypes.data == memory
+    assert not new.sums.any() and not new.counts.any()
+    assert old.sums is None and old.counts is None
+    other = OverviewGrid.for_bounds((-2000.0, -800.0, 1000.0, 900.0), reuse=old)  # taken: new
+    assert other.sums.shape != new.sums.shape and not other.sums.any()
