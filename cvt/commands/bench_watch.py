@@ -121,6 +121,10 @@ class Template:
             out.write(self.header_for(seq, shift))
             src.seek(self.n_header)
             shutil.copyfileobj(src, out, 16 << 20)
+            # the copy, not the template, is what must be in memory when it lands (the two
+            # do not fit together: the second exposure's raws partly came from the disk)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         return path
 
 
@@ -131,6 +135,24 @@ def land(staged: Path, folder: Path) -> Path:
     dest = folder / staged.name
     os.replace(staged, dest)
     return dest
+
+
+def _drop_from_memory(folder: Path) -> None:
+    """Let the kernel drop the (written back) pages of every file under ``folder``: on a machine
+    that holds one exposure's raws at most, the last exposures' stores otherwise keep part of the
+    next raws out of memory (the second exposure of a night took 33-42 s instead of 29-30)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def _memory_bytes() -> float:
@@ -177,6 +199,9 @@ def run(args) -> int:
         )
 
     def stage(k: int) -> list[Path]:
+        if one_at_a_time and k:  # the stores written so far make room for the raws
+            os.sync()
+            _drop_from_memory(repo)
         folder = work / "staged" / str(1 + k)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
