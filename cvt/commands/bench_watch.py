@@ -260,21 +260,32 @@ def run(args) -> int:
                 shutil.rmtree(repo / f"{e.obsid}.zarr", ignore_errors=True)
             block = False
 
-    staged = [] if one_at_a_time else [stage(k) for k in range(args.exposures)]
+    staged: list[list[Path]] = []
+    while not one_at_a_time and len(staged) < args.exposures:
+        if staged and shutil.disk_usage(work).free < size + 2e9:
+            print(f"the disk holds {len(staged)} exposures staged: the night has no more")
+            break
+        staged.append(stage(len(staged)))
     t_night = time.time()
     t_staging = 0.0
     try:
         for k in range(args.exposures):
             seq = 1 + k  # the first is the template's own exposure
             if one_at_a_time:
-                while landed:  # the exposure before is complete and its raws gone
+                give_up = time.time() + max(600.0, 10 * args.spacing)
+                while landed and time.time() < give_up:  # the exposure before is complete
                     tidy(block=True, timeout=0.5)
+                if landed:
+                    print(f"  stopping the night: exposure {seq - 1} never completed")
+                    break
                 t = time.time()
                 if shutil.disk_usage(work).free < size + 2e9:
                     print(f"  stopping the night: the disk has no room for exposure {seq}")
                     break
                 staged.append(stage(k))
                 t_staging += time.time() - t
+            if k >= len(staged):
+                break
             files = staged[k]
             start = t_night + t_staging + k * args.spacing
             while time.time() < start:
