@@ -268,7 +268,7 @@ def _pairwise_sum(a, lo, n):
 
 @ngjit
 def _zscale(row, n_samples, contrast, max_reject, min_npixels, krej, max_iterations):
-    """``display.zscale_limits`` of one row of values (any order, NaN allowed): the same
+    """IRAF's zscale limits (``display.zscale_packed``) of one row of values (any order, NaN allowed): the same
     steps in the same order. Means and deviations are summed as numpy sums; the two dot
     products of the line fit (BLAS in numpy) pairwise too, so the slope may differ from
     numpy's in the last bits."""
@@ -378,7 +378,8 @@ def zscale_rows(
     values, offsets, n_samples, contrast, max_reject, min_npixels, krej, max_iterations,
     lo_out, hi_out,
 ):  # fmt: skip
-    """``display.zscale_limits`` of each non-empty row (IRAF's iterative line fit)."""
+    """``display.zscale_packed``: the zscale limits of each non-empty row (IRAF's iterative
+    line fit)."""
     for r in range(offsets.size - 1):
         a = offsets[r]
         b = offsets[r + 1]
