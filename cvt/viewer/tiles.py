@@ -100,10 +100,16 @@ class Source:
         return min(self.n_levels - 1, int(math.floor(math.log2(px / self.base) + 1e-9)))
 
 
+def pixel_edges(a, origin: float, s: float):
+    """Index of the first pixel (width ``s`` from ``origin``) whose centre is at or beyond each
+    focal-plane coordinate ``a`` (scalars or arrays; floats)."""
+    return np.ceil((np.asarray(a, dtype=np.float64) - origin) / s - 0.5)
+
+
 def pixel_span(a0: float, a1: float, origin: float, s: float) -> tuple[int, int]:
     """Indices ``[i0, i1)`` of the pixels (width ``s`` from ``origin``) whose centres fall in
     ``[a0, a1)``."""
-    return math.ceil((a0 - origin) / s - 0.5), math.ceil((a1 - origin) / s - 0.5)
+    return int(pixel_edges(a0, origin, s)), int(pixel_edges(a1, origin, s))
 
 
 @dataclass
@@ -272,12 +278,11 @@ class Layout:
             candidates = np.flatnonzero(
                 (b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0)
             )
-        # pixel_span of every candidate's sides at once (the same float arithmetic): a Python
-        # loop over the 3,216 amps of an overview level held the interpreter lock in the
-        # workers for each of its tiles
+        # every candidate's sides at once: a Python loop of pixel_span over the 3,216 amps of
+        # an overview level held the interpreter lock in the workers for each of its tiles
         box = b[candidates]
-        cols = np.ceil((box[:, 0::2] - ox) / s - 0.5)
-        rows = np.ceil((box[:, 1::2] - oy) / s - 0.5)
+        cols = pixel_edges(box[:, 0::2], ox, s)
+        rows = pixel_edges(box[:, 1::2], oy, s)
         cc0, cc1 = np.maximum(cols[:, 0], c0), np.minimum(cols[:, 1], c1)
         rr0, rr1 = np.maximum(rows[:, 0], r0), np.minimum(rows[:, 1], r1)
         keep = (cc1 > cc0) & (rr1 > rr0)
