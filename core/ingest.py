@@ -146,9 +146,11 @@ def process_ccd(
     return product
 
 
-def _drop_from_page_cache(path: str) -> None:
-    """The raw file is read once: let the kernel drop its pages now, so that the store's writes
-    find free memory instead of reclaiming it under pressure (a full camera is 15 GB of raws)."""
+def drop_from_page_cache(path: str) -> None:
+    """Let the kernel drop a local file's cached pages now (those written back; nothing for a
+    URL or where the call does not exist). The ingest reads each raw once: dropping it lets the
+    store's writes find free memory instead of reclaiming it under pressure (a full camera is
+    15 GB of raws)."""
     if not hasattr(os, "posix_fadvise"):
         return
     try:
@@ -178,7 +180,7 @@ def _ingest_ccd(
     try:
         t0 = time.perf_counter()
         raw = read_raw(path)
-        _drop_from_page_cache(path)
+        drop_from_page_cache(path)
         t1 = time.perf_counter()
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from core.ingest import drop_from_page_cache
 from core.rawfile import BLOCK
 from core.simulate import default_detectors, simulate_exposure
 from core.watch import Watcher, WatchEvent, latency_summary
@@ -121,10 +122,9 @@ class Template:
             out.write(self.header_for(seq, shift))
             src.seek(self.n_header)
             shutil.copyfileobj(src, out, 16 << 20)
-            # the copy, not the template, is what must be in memory when it lands (the two
-            # do not fit together: the second exposure's raws partly came from the disk)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(src.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        # the copy, not the template, is what must be in memory when it lands (the two do not
+        # fit together: the second exposure's raws partly came from the disk)
+        drop_from_page_cache(str(self.path))
         return path
 
 
@@ -141,18 +141,9 @@ def _drop_from_memory(folder: Path) -> None:
     """Let the kernel drop the (written back) pages of every file under ``folder``: on a machine
     that holds one exposure's raws at most, the last exposures' stores otherwise keep part of the
     next raws out of memory (the second exposure of a night took 33-42 s instead of 29-30)."""
-    if not hasattr(os, "posix_fadvise"):
-        return
     for root, _, names in os.walk(folder):
         for name in names:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            drop_from_page_cache(os.path.join(root, name))
 
 
 def _memory_bytes() -> float:
