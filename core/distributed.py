@@ -116,15 +116,23 @@ def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     worker or one task)."""
     if scheduler:
         return DaskExecutor(scheduler)
-    import os
     from concurrent.futures import ProcessPoolExecutor
 
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or n_tasks <= 1:
+    workers = local_workers(workers, n_tasks)
+    if not workers:
         return None
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=start_local_workers(), initializer=keep_freed_memory
     )
+
+
+def local_workers(workers: int | None, n_tasks: int) -> int:
+    """Processes of the local pool for ``n_tasks`` tasks: ``workers`` (default one per core),
+    or 0 when one process or one task makes a pool pointless (the tasks run in the caller)."""
+    import os
+
+    workers = workers or os.cpu_count() or 1
+    return workers if workers > 1 and n_tasks > 1 else 0
 
 
 def start_local_workers():

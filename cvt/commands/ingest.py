@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from core.distributed import SchedulerError, start_local_workers
+from core.distributed import SchedulerError, local_workers, start_local_workers
 
 
 def add_arguments(parser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if not args.scheduler and args.workers != 1 and _several(args.inputs):
+    if not args.scheduler and local_workers(args.workers, 2 if _several(args.inputs) else 1):
         # the local workers' forkserver imports the ingest (~2 s) while this process does too
         # and reads the headers: the first CCDs start ~1 s sooner
         start_local_workers()

@@ -106,3 +106,16 @@ def test_ingest_workers_keep_freed_memory_for_the_next_ccd():
         )
         kept[flag] = int(out.stdout.split()[-1])
     assert kept["0"] < 20 * 2**20 and kept["1"] > 90 * 2**20, kept
+
+
+def test_a_local_pool_only_where_it_has_work_for_several_processes():
+    """One rule for ``make_executor`` and for ``cvt ingest``'s early start of the pool."""
+    import os
+
+    from core.distributed import local_workers, make_executor
+
+    assert local_workers(3, 5) == 3
+    assert local_workers(1, 5) == 0 and local_workers(3, 1) == 0
+    cores = os.cpu_count() or 1
+    assert local_workers(None, 5) == (cores if cores > 1 else 0)
+    assert make_executor(None, 1, 5) is None and make_executor(None, 3, 1) is None
