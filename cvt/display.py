@@ -113,6 +113,16 @@ def sorted_sample(values: np.ndarray, size: int = SAMPLE_SIZE) -> np.ndarray:
     return v
 
 
+def _clipped_boxes(rects, width: int, shape: tuple[int, ...]) -> np.ndarray:
+    """``rects`` as an ``(n, width)`` int64 array whose last four columns, ``r0, r1, c0, c1``,
+    are clipped to an image of ``shape`` as slicing it would (the kernels do not check)."""
+    boxes = np.array(rects, dtype=np.int64).reshape(-1, width)
+    rows, cols = boxes[:, -4:-2], boxes[:, -2:]
+    np.clip(rows, 0, shape[0], out=rows)
+    np.clip(cols, 0, shape[1], out=cols)
+    return boxes
+
+
 RECT_BATCH = 256  # rects gathered at once by ``rect_samples`` (a few MB of pixels)
 
 
@@ -125,9 +135,7 @@ def rect_samples(
     leaves the lock, and is ten times numba's); a loop of ``sorted_sample`` over the 3,216 amps
     of an overview level held the lock 0.1-0.3 s in a worker, at each level of each open."""
     img = np.ascontiguousarray(image, dtype=np.float32)  # one compiled form of each kernel
-    boxes = np.array(rects, dtype=np.int64).reshape(-1, 4)
-    np.clip(boxes[:, :2], 0, img.shape[0], out=boxes[:, :2])  # as slicing does
-    np.clip(boxes[:, 2:], 0, img.shape[1], out=boxes[:, 2:])
+    boxes = _clipped_boxes(rects, 4, img.shape)
     m = boxes.shape[0]
     areas = np.maximum(boxes[:, 1] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 2], 0)
     out = np.empty(int(np.minimum(areas, size).sum()), dtype=np.float32)
@@ -637,9 +645,7 @@ def apply_rects(
     of many amps (the overview) go through ``Transfers.apply_labels``."""
     if len(rects) > MANY_AMPS:
         labels = np.full(data.shape, -1, dtype=np.int32)
-        boxes = np.array(rects, dtype=np.int64).reshape(-1, 5)
-        np.clip(boxes[:, 1:3], 0, data.shape[0], out=boxes[:, 1:3])  # as slicing does
-        np.clip(boxes[:, 3:], 0, data.shape[1], out=boxes[:, 3:])
+        boxes = _clipped_boxes(rects, 5, data.shape)
         _k.fill_labels(labels, boxes)  # not a Python loop over the amps
         return transfers.apply_labels(data, labels)
     fb = transfers.fallback
