@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import shutil
 import time
@@ -24,13 +25,16 @@ import uuid
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
-import zarr
 
-from core import __version__, layout, lazyzarr
+from core import __version__, layout
 from core.zarrio import DEFAULT_CODEC, ZARR_JSON, Writer, array_metadata
+
+if TYPE_CHECKING:
+    import zarr
 
 FORMAT_VERSION = 1
 LEVEL_CHUNK = 512
@@ -155,6 +159,18 @@ def write_detector(writer: Writer, p: DetectorProduct) -> None:
 # The overview: the whole focal plane in single arrays
 
 
+def _zero_mapped(shape: tuple[int, int], dtype) -> np.ndarray:
+    """A zeroed array in its own anonymous mapping, faulted in page by page as CCDs land on it.
+
+    numpy asks for huge pages for large arrays; on a machine whose memory is full of page cache
+    (raws just read, stores just written) the kernel compacts memory to find them, and LSSTCam's
+    256 MB grid then took 0.04-0.84 s of the ingest's parent up front, while its workers start.
+    Small pages cost ~0.17 s in all, spread over the ingest, and come zeroed (no fill pass)."""
+    n = math.prod(shape) * np.dtype(dtype).itemsize
+    buf = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+
 @dataclass
 class OverviewGrid:
     """A focal-plane grid of ``OVERVIEW_FACTORS[0]``-pixel bins, anchored on a multiple of the
@@ -179,17 +195,14 @@ class OverviewGrid:
         y0 = math.floor(bounds[1] / coarse) * coarse
         nx = math.ceil((math.ceil(bounds[2]) - x0) / coarse) * coarse // fine
         ny = math.ceil((math.ceil(bounds[3]) - y0) / coarse) * coarse // fine
-        # empty + fill, not zeros: calloc's pages are faulted in 4 kB at a time as CCDs arrive
-        # (the grid of LSSTCam is 256 MB: 0.5 s of the ingest's parent); numpy's own allocation
-        # takes huge pages, so filling it is ~40 ms
         if reuse is not None and reuse.sums is not None and reuse.sums.shape == (ny, nx):
             sums, counts = reuse.sums, reuse.counts
             reuse.sums = reuse.counts = None  # the old grid cannot write into the new one
+            sums.fill(0.0)
+            counts.fill(0)
         else:
-            sums = np.empty((ny, nx))
-            counts = np.empty((ny, nx), dtype=np.int64)
-        sums.fill(0.0)
-        counts.fill(0)
+            sums = _zero_mapped((ny, nx), np.float64)
+            counts = _zero_mapped((ny, nx), np.int64)
         return cls(x0, y0, nx, ny, sums, counts)
 
     def bin_detector(self, levels: list[np.ndarray], origin: tuple[float, float]):
@@ -495,6 +508,8 @@ def _store_for(url: str | os.PathLike, storage_options: dict | None = None):
         from core import remote
 
         return remote.open_store(url, storage_options)
+    import zarr  # here: the ingest and its workers write without zarr-python (0.2 s to import)
+
     path = url[len("file://") :] if url.startswith("file://") else url
     return zarr.storage.LocalStore(path, read_only=True)
 
@@ -616,6 +631,8 @@ class Exposure:
     def __init__(self, url: str | os.PathLike, storage_options: dict | None = None):
         self.url = os.fspath(url)
         try:
+            from core import lazyzarr
+
             self.root = lazyzarr.open_group(_store_for(self.url, storage_options))
             attrs = self.root.attrs.asdict()
         except Exception as exc:  # zarr raises several types for a missing or broken store
