@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,54 @@ def test_sources_are_stars_not_steps_between_amps(simulated):
         assert len(x) > 200, name
         assert npix[false].max(initial=0) < 1000, (name, np.sort(npix[false])[-5:])
         assert false.mean() < 0.2, (name, false.sum(), len(x))
+
+
+def test_cvt_ingest_as_the_program_leaves_everything_written(simulated, tmp_path):
+    """``cvt ingest`` run as the program ends without the interpreter's teardown: its report is
+    printed, a corrupt file named with its exit code, the exposure published, the catalog row
+    committed and the exit handlers run."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from core.catalog import query_exposures
+
+    raw = tmp_path / "raw"
+    shutil.copytree(simulated[0].outdir, raw)
+    bad = raw / "MC_O_20261125_000001_R22_S12.fits"
+    bad.write_bytes(b"SIMPLE  =                    T" + b" " * 50 + b"\x00" * 100)
+    code = (
+        "import atexit, sys\n"
+        "from cvt.cli import main\n"
+        f"atexit.register(lambda: open({str(tmp_path / 'handler-ran')!r}, 'w').close())\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(main())\n"
+    )
+    script = tmp_path / "cvt_program.py"
+    script.write_text(code)
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env.pop("PYTHONUNBUFFERED", None)  # output through a pipe is buffered, as it is for users
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "ingest",
+            str(raw),
+            "--repo",
+            str(tmp_path / "repo"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 1, out.stderr  # the corrupt file: a failure, the rest is in
+    assert f"{len(DETECTORS)} CCDs in" in out.stdout
+    assert str(bad) in out.stderr
+    assert (tmp_path / "handler-ran").exists()
+    (row,) = query_exposures(tmp_path / "repo")
+    assert row["obsid"] == "MC_O_20261125_000001"
+    assert open_exposure(tmp_path / "repo" / "MC_O_20261125_000001.zarr").complete
