@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
@@ -38,15 +39,51 @@ def _qrect(r: Rect) -> QRectF:
     return QRectF(r[0], r[1], r[2] - r[0], r[3] - r[1])
 
 
+@dataclass(frozen=True)
+class OutlineGeometry:
+    """What an ``OutlineLayer`` strokes: a few hundred boxes as their edges' lines; more (amps)
+    as a few paths, one per cell of a coarse grid over them, made from numpy
+    (``pg.arrayToQPath``: no Python per box). Value types only, so a worker thread builds it
+    while an exposure opens (for LSSTCam's 3216 amps ~10 ms that the GUI thread spent at once)."""
+
+    boxes: np.ndarray
+    box_size: float
+    bounds: QRectF
+    cells: list[tuple[QRectF, QPainterPath]]
+    lines: list[QLineF]
+
+
+CELLS = 4  # the grid of paths is CELLS x CELLS (for more than MANY_BOXES boxes; else lines)
+
+
+def outline_geometry(boxes: Sequence[Rect] | np.ndarray) -> OutlineGeometry:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    cells, lines = [], []
+    if 0 < len(b) <= MANY_BOXES:
+        # a few hundred boxes: their edges as lines (a raster paint engine strokes them in
+        # 1-2 ms; the same boxes as a path took up to 17 ms at the whole-plane zoom)
+        x0, y0, x1, y1 = b.T
+        edges = np.stack(
+            [np.c_[x0, y0, x1, y0], np.c_[x1, y0, x1, y1], np.c_[x1, y1, x0, y1],
+             np.c_[x0, y1, x0, y0]], axis=1,
+        ).reshape(-1, 4)  # fmt: skip
+        lines = [QLineF(*e) for e in edges.tolist()]
+    elif len(b):
+        cx, cy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
+        edges = [np.linspace(c.min(), c.max(), CELLS + 1)[1:-1] for c in (cx, cy)]
+        cell = np.searchsorted(edges[0], cx) * CELLS + np.searchsorted(edges[1], cy)
+        for c in np.unique(cell):
+            part = b[cell == c]
+            cells.append((_union(part), _boxes_path(part)))
+    size = float(np.median(b[:, 2] - b[:, 0])) if len(b) else 0.0
+    return OutlineGeometry(b, size, _union(b), cells, lines)
+
+
 class OutlineLayer(QGraphicsObject):
     """Box outlines with a pen of constant screen width; only the boxes in the exposed area
     are drawn, and none when they are smaller on screen than ``min_screen_px``.
 
-    Built once: a few hundred boxes (rafts, CCDs) as their edges' lines; more (amps) as a few
-    paths, one per cell of a coarse grid over them, made from numpy (``pg.arrayToQPath``: no
-    Python per box), of which a paint strokes those in the exposed area only."""
-
-    CELLS = 4  # the grid is CELLS x CELLS (for more than MANY_BOXES boxes; else lines)
+    Built once (``OutlineGeometry``); a paint strokes the paths in the exposed area only."""
 
     def __init__(self, colour: QColor, width: float = 1.0, min_screen_px: float = 0.0):
         super().__init__()
@@ -62,29 +99,16 @@ class OutlineLayer(QGraphicsObject):
         self._lines: list[QLineF] = []
 
     def set_boxes(self, boxes: Sequence[Rect] | np.ndarray) -> None:
+        self.set_geometry(outline_geometry(boxes))
+
+    def set_geometry(self, geometry: OutlineGeometry) -> None:
+        """Show outlines prepared by ``outline_geometry`` (on any thread)."""
         self.prepareGeometryChange()
-        self._boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        b = self._boxes
-        self._box_size = float(np.median(b[:, 2] - b[:, 0])) if len(b) else 0.0
-        self._bounds = _union(b)
-        self._cells = []
-        self._lines = []
-        if 0 < len(b) <= MANY_BOXES:
-            # a few hundred boxes: their edges as lines (a raster paint engine strokes them
-            # in 1-2 ms; the same boxes as a path took up to 17 ms at the whole-plane zoom)
-            x0, y0, x1, y1 = b.T
-            edges = np.stack(
-                [np.c_[x0, y0, x1, y0], np.c_[x1, y0, x1, y1], np.c_[x1, y1, x0, y1],
-                 np.c_[x0, y1, x0, y0]], axis=1,
-            ).reshape(-1, 4)  # fmt: skip
-            self._lines = [QLineF(*e) for e in edges.tolist()]
-        elif len(b):
-            cx, cy = 0.5 * (b[:, 0] + b[:, 2]), 0.5 * (b[:, 1] + b[:, 3])
-            edges = [np.linspace(c.min(), c.max(), self.CELLS + 1)[1:-1] for c in (cx, cy)]
-            cell = np.searchsorted(edges[0], cx) * self.CELLS + np.searchsorted(edges[1], cy)
-            for c in np.unique(cell):
-                part = b[cell == c]
-                self._cells.append((_union(part), _boxes_path(part)))
+        self._boxes = geometry.boxes
+        self._box_size = geometry.box_size
+        self._bounds = geometry.bounds
+        self._cells = geometry.cells
+        self._lines = geometry.lines
         self.update()
 
     def boundingRect(self) -> QRectF:

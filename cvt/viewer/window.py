@@ -60,7 +60,7 @@ from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.follow import FollowControls
 from cvt.viewer.loader import TaskRunner, TileLoader, is_read_error
-from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer
+from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer, outline_geometry
 from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.skyinfo import sky_of, sky_text
@@ -114,13 +114,15 @@ _warm = False
 def warm_start() -> None:
     """Once, before the first window shows: what would otherwise first run on a worker while
     the first frame is drawn, holding the interpreter lock: loading the display kernels
-    (numba's cache, ~0.4 s) and importing astropy (the sky position's header parsing, ~0.5
+    (numba's cache, ~0.4 s), importing zarr-python (the store's reader, ~0.2 s: the ingest
+    side of ``core`` does without it) and astropy (the sky position's header parsing, ~0.5
     s)."""
     global _warm
     if _warm:
         return
     _warm = True
     warm_up()
+    from core import lazyzarr  # noqa: F401
     with contextlib.suppress(ImportError):  # without it, the sky readout says why it has none
         import astropy.io.fits  # noqa: F401
 
@@ -133,7 +135,8 @@ def freeze_startup() -> None:
 
 
 def _open(url: str):
-    """Worker: open the exposure and work out its layout (metadata only)."""
+    """Worker: open the exposure and work out its layout (metadata only) and the geometry of
+    its raft, CCD and amp outlines."""
     exposure = open_exposure(url)
     camera = None
     try:
@@ -143,7 +146,14 @@ def _open(url: str):
     except (ValueError, KeyError, OSError):
         camera = None
     layout, images = build_layout(exposure, camera)
-    return exposure, layout, images
+    outlines = {
+        "rafts": outline_geometry([r for _, r in layout.rafts]),
+        "ccds": outline_geometry(
+            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
+        ),
+        "amps": outline_geometry(layout.amp_boxes),
+    }
+    return exposure, layout, images, outlines
 
 
 def _assemble_level(layout: Layout, level: int, tiles: dict) -> np.ndarray:
@@ -575,7 +585,7 @@ class ViewerWindow(QMainWindow):
         self.open_failed.emit(msg)
 
     def _on_opened(self, result) -> None:
-        exposure, layout, images = result
+        exposure, layout, images, outlines = result
         self._opening = False
         self.exposure, self.layout, self.images = exposure, layout, images
         self.loader.reset(exposure, images, layout)
@@ -593,7 +603,7 @@ class ViewerWindow(QMainWindow):
         self.setWindowTitle(f"CVT — {exposure.obsid}")
         self.metrics, self.sources, self._source_xy = {}, {}, None
         self._update_sources()
-        self._static_overlays()
+        self._static_overlays(outlines)
         self.view.set_extent(layout.bounds)
         if self._keep_view is not None:
             self.view.set_rect(self._keep_view)
@@ -1164,13 +1174,11 @@ class ViewerWindow(QMainWindow):
 
     # ------------------------------------------------------------------ overlays
 
-    def _static_overlays(self) -> None:
+    def _static_overlays(self, outlines: dict) -> None:
         layout = self.layout
-        self.raft_outlines.set_boxes([r for _, r in layout.rafts])
-        self.ccd_outlines.set_boxes(
-            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
-        )
-        self.amp_outlines.set_boxes(layout.amp_boxes)
+        self.raft_outlines.set_geometry(outlines["rafts"])
+        self.ccd_outlines.set_geometry(outlines["ccds"])
+        self.amp_outlines.set_geometry(outlines["amps"])
         self.labels.set_labels([(name, r) for name, r in layout.rafts], min_screen_px=40)
         self.labels.add_labels([(d.name.split("_")[1], d.bounds) for d in layout.detectors], 70)
         self.labels.add_labels(
