@@ -53,6 +53,16 @@ def lower_priority(nice: int = WORKER_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
 
 
+def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
+    """Start the ``n`` threads of ``pool`` now. A pool starts its threads one at a time, inside
+    ``submit`` when no thread is idle, and ``submit`` then waits until the new thread runs: on
+    the GUI thread, 6 ms of an exposure's opening on a busy machine (its thread had to get a
+    core and the interpreter lock). Each thread is held by a task until all have started."""
+    barrier = threading.Barrier(n)
+    for _ in range(n):
+        pool.submit(barrier.wait, 30.0)
+
+
 class TaskRunner(QObject):
     """Thread pools whose results are delivered on the GUI thread. Their threads run at a
     lower priority than the GUI thread (``lower_priority``)."""
@@ -74,6 +84,8 @@ class TaskRunner(QObject):
             # never takes a tile reader's thread, whatever a slow server does
             "follow": ThreadPoolExecutor(3, thread_name_prefix="cvt-follow", **init),
         }
+        for name, n in (("io", io_threads), ("cpu", cpu_threads), ("draw", cpu_threads)):
+            _start_threads(self.pools[name], n)
         self._closed = False
         self._outstanding = 0
         self._lock = threading.Lock()

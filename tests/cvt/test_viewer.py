@@ -597,6 +597,30 @@ def test_workers_run_below_the_gui_thread_priority(viewer, qtbot):
     assert w.runner.pools["cpu"]._max_workers == worker_threads() == max(1, os.cpu_count() - 1)
 
 
+def test_every_worker_thread_is_running_before_the_first_task(qapp, qtbot):
+    """``submit`` on the GUI thread never waits for a worker thread to start (a pool starts
+    them one by one as tasks come, and waits for each): the runner starts them all at once."""
+    import threading
+    from collections import Counter
+
+    from cvt.viewer.loader import TaskRunner
+
+    def running():
+        return Counter(
+            t.name.rsplit("_", 1)[0] for t in threading.enumerate() if t.name.startswith("cvt-")
+        )
+
+    before = running()
+    runner = TaskRunner(3, 2)
+    try:
+        assert running() - before == Counter({"cvt-io": 3, "cvt-cpu": 2, "cvt-draw": 2})
+        got = []
+        runner.submit("io", lambda: 5, on_done=got.append)  # the pools still work
+        qtbot.waitUntil(lambda: got == [5], timeout=5000)
+    finally:
+        runner.shutdown()
+
+
 def test_opened_exposure_is_kept_out_of_the_garbage_collector(viewer, qtbot, sim_exposure):
     """A full garbage collection walks every tracked object holding the interpreter lock: with
     the modules and an exposure's metadata in sight it stalled the GUI thread 60-260 ms. After
