@@ -350,14 +350,6 @@ class CcdCollector:
         )
 
 
-def prepare_the_end() -> None:
-    """Load what the end of an exposure needs while its CCDs are processed, not after the last:
-    the overview kernels (~1 s the first time in a process) and zarr-python, with which the
-    catalog reads the published exposure back (``record_in_catalog``, ~0.2 s to import)."""
-    load_overview_kernels()
-    from core import lazyzarr  # noqa: F401  (the import is the point)
-
-
 def record_in_catalog(repo: str | os.PathLike, path: str | os.PathLike) -> str | None:
     """Put a just-published exposure in the repository's catalog (``core.catalog``). A catalog
     that cannot be written never fails an ingest (it can be rebuilt from the stores): the
@@ -420,7 +412,7 @@ def ingest_exposure(
             limit = 2 * max(1, getattr(executor, "_max_workers", 2))
             for path in paths:
                 if len(in_flight) == limit:
-                    prepare_the_end()  # the workers have their first CCDs meanwhile
+                    load_overview_kernels()  # the workers have their first CCDs meanwhile
                 while len(in_flight) >= limit:
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     for f in done:

@@ -46,14 +46,13 @@ import numpy as np
 from core import isr
 from core import rawfile as rf
 from core.camera import Camera, load_camera
-from core.exposure import OverviewGrid, PartialExposure
+from core.exposure import OverviewGrid, PartialExposure, load_overview_kernels
 from core.ingest import (
     FITS_SUFFIXES,
     CcdCollector,
     CcdResult,
     _ingest_ccd,
     exposure_summary,
-    prepare_the_end,
     record_in_catalog,
 )
 from core.rawfile import RawFileError, RawInfo, read_raw_header
@@ -340,9 +339,9 @@ class Watcher:
         self._own_executor = executor is None
         self.executor = executor
         self._spare_grid: OverviewGrid | None = None
-        # the overview's kernels (a process's first numba call readies numba: ~0.75 s) and the
-        # catalog's reader now, while nothing has landed, not in the first exposure
-        prepare_the_end()
+        # the overview's kernels now, while nothing has landed, not in the first exposure's
+        # refresh (a process's first numba call readies numba: ~0.75 s)
+        load_overview_kernels()
         if executor is None:
             from core.distributed import make_executor
 
