@@ -257,9 +257,28 @@ def _checkpoint(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
+@dataclass(frozen=True)
+class ExposureRecord:
+    """What the catalog reads of an exposure (``exposure_rows``), from the hands that wrote it:
+    its attributes and tables as published. The ingest and the watcher record an exposure this
+    way instead of reading it back (opening a full camera's store and reading its metrics
+    table took 0.23 s at the end of every ingest)."""
+
+    attrs: dict
+    tables: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def obsid(self) -> str:
+        return self.attrs["obsid"]
+
+    def table(self, name: str) -> dict[str, np.ndarray]:
+        return self.tables.get(name, {})
+
+
 def record_exposure(repo: str | os.PathLike, exposure) -> None:
-    """Put one published exposure (an ``Exposure``, or its path) in the repository's catalog,
-    replacing what was there for it (an exposure ingested again with ``--replace``)."""
+    """Put one published exposure (an ``Exposure`` or ``ExposureRecord``, or its path) in the
+    repository's catalog, replacing what was there for it (an exposure ingested again with
+    ``--replace``)."""
     if not hasattr(exposure, "attrs"):
         from core.exposure import open_exposure
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numcodecs
+import numpy as np
 
 from core import assembly, isr, metrics
 from core.camera import Camera, load_camera
@@ -294,6 +295,8 @@ class CcdCollector:
         self.timings: dict[str, float] = {}
         self.raw_bytes = 0
         self.tables: dict[str, list] = {"metrics": [], "sources": []}
+        # the tables as ``write_products`` wrote them (for the catalog)
+        self.written_tables: dict[str, dict[str, np.ndarray]] = {}
 
     def add(self, res: CcdResult) -> None:
         if res.error:
@@ -323,6 +326,7 @@ class CcdCollector:
             columns = metrics.concat_tables([p[1] for p in parts])
             if columns:
                 write_table(writer, name, columns)
+                self.written_tables[name] = columns
         self.nodes.update(writer.nodes)
         self.timings["overview_write"] = time.perf_counter() - t0
 
@@ -350,14 +354,23 @@ class CcdCollector:
         )
 
 
-def record_in_catalog(repo: str | os.PathLike, path: str | os.PathLike) -> str | None:
-    """Put a just-published exposure in the repository's catalog (``core.catalog``). A catalog
-    that cannot be written never fails an ingest (it can be rebuilt from the stores): the
-    reason is logged and returned."""
+def record_in_catalog(
+    repo: str | os.PathLike,
+    path: str | os.PathLike,
+    attrs: dict | None = None,
+    tables: dict[str, dict[str, np.ndarray]] | None = None,
+) -> str | None:
+    """Put a just-published exposure in the repository's catalog (``core.catalog``): given the
+    attributes it was published with and the tables written (``CcdCollector.written_tables``),
+    as they are; else read back from ``path``. A catalog that cannot be written never fails an
+    ingest (it can be rebuilt from the stores): the reason is logged and returned."""
     from core import catalog
 
     try:
-        catalog.record_exposure(repo, path)
+        if attrs is not None:
+            catalog.record_exposure(repo, catalog.ExposureRecord(attrs, tables or {}))
+        else:
+            catalog.record_exposure(repo, path)
     except (sqlite3.Error, OSError, ExposureError) as exc:
         log.warning("%s: not recorded in the catalog: %s", path, exc)
         return str(exc)
@@ -431,7 +444,7 @@ def ingest_exposure(
     except BaseException:
         builder.abandon()
         raise
-    record_in_catalog(repo, path)
+    record_in_catalog(repo, path, attrs, collected.written_tables)
     return ExposureReport(
         obsid,
         path,

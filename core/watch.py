@@ -500,7 +500,7 @@ class Watcher:
         now = time.time()
         latency = now - e.last_landed
         self.state.completed(e.obsid, now, latency)
-        record_in_catalog(self.repo, path)
+        record_in_catalog(self.repo, path, attrs, c.written_tables)
         del self.filling[e.obsid]
         self._spare_grid = c.grid  # the next exposure's, emptied (exposures come one by one)
         done = ExposureDone(
