@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -595,6 +596,24 @@ def test_workers_run_below_the_gui_thread_priority(viewer, qtbot):
     assert all(nice > gui for nice in got.values()), (gui, got)
     assert os.getpriority(os.PRIO_PROCESS, 0) == gui  # the GUI thread itself is untouched
     assert w.runner.pools["cpu"]._max_workers == worker_threads() == max(1, os.cpu_count() - 1)
+
+
+def test_bench_waits_on_the_event_loop_without_spinning(qapp):
+    """``cvt bench view`` waits for each step as the application does, asleep between events:
+    its waiting must not itself be GUI-thread load (it once spun at 100 % of a core)."""
+    from PySide6.QtCore import QTimer
+
+    from cvt.viewer.bench import _spin
+
+    cpu, t = time.thread_time(), time.perf_counter()
+    assert not _spin(lambda: False, 0.4)
+    assert time.perf_counter() - t >= 0.4
+    assert time.thread_time() - cpu < 0.1  # of 0.4 s
+    fired = []
+    QTimer.singleShot(50, lambda: fired.append(True))
+    t = time.perf_counter()
+    assert _spin(lambda: bool(fired), 5.0)
+    assert time.perf_counter() - t < 1.0
 
 
 def test_every_worker_thread_is_running_before_the_first_task(qapp, qtbot):
