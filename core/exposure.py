@@ -164,8 +164,9 @@ def _zero_mapped(shape: tuple[int, int], dtype) -> np.ndarray:
 
     numpy asks for huge pages for large arrays; on a machine whose memory is full of page cache
     (raws just read, stores just written) the kernel compacts memory to find them, and LSSTCam's
-    256 MB grid then took 0.04-0.84 s of the ingest's parent up front, while its workers start.
-    Small pages cost ~0.17 s in all, spread over the ingest, and come zeroed (no fill pass)."""
+    256 MB grid then took 0.04-1.0 s of the ingest's parent up front, while its workers start.
+    Small pages, zeroed by the kernel as CCDs first touch them, cost ~0.25 s in all, spread over
+    the ingest."""
     n = math.prod(shape) * np.dtype(dtype).itemsize
     buf = mmap.mmap(-1, max(n, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return np.frombuffer(buf, dtype=dtype, count=math.prod(shape)).reshape(shape)
