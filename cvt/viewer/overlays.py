@@ -98,9 +98,6 @@ class OutlineLayer(QGraphicsObject):
         self._cells: list[tuple[QRectF, QPainterPath]] = []
         self._lines: list[QLineF] = []
 
-    def set_boxes(self, boxes: Sequence[Rect] | np.ndarray) -> None:
-        self.set_geometry(outline_geometry(boxes))
-
     def set_geometry(self, geometry: OutlineGeometry) -> None:
         """Show outlines prepared by ``outline_geometry`` (on any thread)."""
         self.prepareGeometryChange()
