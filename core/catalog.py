@@ -276,13 +276,8 @@ class ExposureRecord:
 
 
 def record_exposure(repo: str | os.PathLike, exposure) -> None:
-    """Put one published exposure (an ``Exposure`` or ``ExposureRecord``, or its path) in the
-    repository's catalog, replacing what was there for it (an exposure ingested again with
-    ``--replace``)."""
-    if not hasattr(exposure, "attrs"):
-        from core.exposure import open_exposure
-
-        exposure = open_exposure(exposure)
+    """Put one published exposure (an ``Exposure`` or ``ExposureRecord``) in the repository's
+    catalog, replacing what was there for it (an exposure ingested again with ``--replace``)."""
     row, amps = exposure_rows(exposure)
     with _transaction(repo) as db:
         _write(db, row, amps)

@@ -357,21 +357,18 @@ class CcdCollector:
 def record_in_catalog(
     repo: str | os.PathLike,
     path: str | os.PathLike,
-    attrs: dict | None = None,
-    tables: dict[str, dict[str, np.ndarray]] | None = None,
+    attrs: dict,
+    tables: dict[str, dict[str, np.ndarray]],
 ) -> str | None:
-    """Put a just-published exposure in the repository's catalog (``core.catalog``): given the
-    attributes it was published with and the tables written (``CcdCollector.written_tables``),
-    as they are; else read back from ``path``. A catalog that cannot be written never fails an
-    ingest (it can be rebuilt from the stores): the reason is logged and returned."""
+    """Put the exposure just published at ``path`` in the repository's catalog
+    (``core.catalog``) from the attributes it was published with and the tables written
+    (``CcdCollector.written_tables``), not read back. A catalog that cannot be written never
+    fails an ingest (it can be rebuilt from the stores): the reason is logged and returned."""
     from core import catalog
 
     try:
-        if attrs is not None:
-            catalog.record_exposure(repo, catalog.ExposureRecord(attrs, tables or {}))
-        else:
-            catalog.record_exposure(repo, path)
-    except (sqlite3.Error, OSError, ExposureError) as exc:
+        catalog.record_exposure(repo, catalog.ExposureRecord(attrs, tables))
+    except (sqlite3.Error, OSError) as exc:
         log.warning("%s: not recorded in the catalog: %s", path, exc)
         return str(exc)
     return None
