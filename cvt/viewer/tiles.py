@@ -106,12 +106,6 @@ def pixel_edges(a, origin: float, s: float):
     return np.ceil((np.asarray(a, dtype=np.float64) - origin) / s - 0.5)
 
 
-def pixel_span(a0: float, a1: float, origin: float, s: float) -> tuple[int, int]:
-    """Indices ``[i0, i1)`` of the pixels (width ``s`` from ``origin``) whose centres fall in
-    ``[a0, a1)``."""
-    return int(pixel_edges(a0, origin, s)), int(pixel_edges(a1, origin, s))
-
-
 @dataclass
 class DetectorInfo:
     """What the viewer needs of one stored detector (no I/O: consolidated metadata)."""
@@ -278,8 +272,8 @@ class Layout:
             candidates = np.flatnonzero(
                 (b[:, 0] < x1) & (b[:, 2] > x0) & (b[:, 1] < y1) & (b[:, 3] > y0)
             )
-        # every candidate's sides at once: a Python loop of pixel_span over the 3,216 amps of
-        # an overview level held the interpreter lock in the workers for each of its tiles
+        # every candidate's sides at once: a Python loop over the 3,216 amps of an overview
+        # level held the interpreter lock in the workers for each of its tiles
         box = b[candidates]
         cols = pixel_edges(box[:, 0::2], ox, s)
         rows = pixel_edges(box[:, 1::2], oy, s)

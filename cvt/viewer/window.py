@@ -123,6 +123,7 @@ def warm_start() -> None:
     _warm = True
     warm_up()
     from core import lazyzarr  # noqa: F401
+
     with contextlib.suppress(ImportError):  # without it, the sky readout says why it has none
         import astropy.io.fits  # noqa: F401
 

@@ -87,7 +87,7 @@ def test_layout_geometry_matches_the_store(sim_exposure):
 def test_levels_tiles_and_rects(sim_exposure):
     from core.camera import load_camera
     from core.exposure import open_exposure
-    from cvt.viewer.tiles import OVERVIEW, TileKey, build_layout, pixel_span
+    from cvt.viewer.tiles import OVERVIEW, TileKey, build_layout, pixel_edges
 
     layout, _ = build_layout(open_exposure(sim_exposure[0]), load_camera("LSSTCam"))
     src = layout.sources["R22_S11"]
@@ -128,6 +128,14 @@ def test_levels_tiles_and_rects(sim_exposure):
         assert cover.max() <= 1
     assert pixel_span(0.0, 512.0, 0.0, 4.0) == (0, 128)
     assert pixel_span(1.0, 3.0, 0.0, 4.0) == (0, 1)
+    assert pixel_edges(np.array([0.0, 512.0]), 0.0, 4.0).tolist() == [0, 128]  # the layout's
+    assert pixel_edges(np.array([1.0, 3.0]), 0.0, 4.0).tolist() == [0, 1]
+
+
+def pixel_span(a0: float, a1: float, origin: float, s: float) -> tuple[int, int]:
+    """Reference: indices ``[i0, i1)`` of the pixels (width ``s`` from ``origin``) whose centres
+    fall in ``[a0, a1)``, one side at a time (the layout works them out for all amps at once)."""
+    return math.ceil((a0 - origin) / s - 0.5), math.ceil((a1 - origin) / s - 0.5)
 
 
 def test_amp_rects_and_samples_equal_the_per_amp_loops(sim_exposure):
@@ -136,7 +144,7 @@ def test_amp_rects_and_samples_equal_the_per_amp_loops(sim_exposure):
     from core.camera import load_camera
     from core.exposure import open_exposure
     from cvt.display import SAMPLE_SIZE, sorted_sample
-    from cvt.viewer.tiles import build_layout, pixel_span
+    from cvt.viewer.tiles import build_layout
 
     layout, _ = build_layout(open_exposure(sim_exposure[0]), load_camera("LSSTCam"))
 
