@@ -268,10 +268,11 @@ def _pairwise_sum(a, lo, n):
 
 @ngjit
 def _zscale(row, n_samples, contrast, max_reject, min_npixels, krej, max_iterations):
-    """IRAF's zscale limits (``display.zscale_packed``) of one row of values (any order, NaN allowed): the same
-    steps in the same order. Means and deviations are summed as numpy sums; the two dot
-    products of the line fit (BLAS in numpy) pairwise too, so the slope may differ from
-    numpy's in the last bits."""
+    """IRAF's zscale limits (``display.zscale_packed``) of one row of values (any order, NaN
+    allowed): the steps of the numpy reference (``zscale_limits`` in tests/cvt/test_display.py)
+    in the same order. Means and deviations are summed as numpy sums; the two dot products of
+    the line fit (BLAS in numpy) pairwise too, so the slope may differ from numpy's in the last
+    bits."""
     size = 0
     for i in range(row.size):
         if np.isfinite(row[i]):
