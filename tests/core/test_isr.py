@@ -37,6 +37,31 @@ def test_robust_rows_match_reference(rows, cols):
     np.testing.assert_allclose(out, ref.robust_rows(block), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.3, 4.0, 60.0, 3000.0])
+def test_counted_mad_is_the_selected_one(noise):
+    """The counted MAD of integers about whole and half-integer row medians equals numpy's
+    median of the deviations; deviations wider than its bins give NaN (and robust_rows then
+    selects, which the reference comparison checks)."""
+    from core._isr_kernels import median_abs_dev_counting, robust_rows
+
+    rng = np.random.default_rng(int(noise * 10))
+    for rows, cols in ((1, 1), (7, 6), (64, 59), (401, 64)):
+        block = np.rint(rng.normal(25000, noise, (rows, cols))).astype(np.int32)
+        med = np.median(block, axis=1)
+        want = np.median(np.abs(block[::4] - med[::4, None]))
+        got = median_abs_dev_counting(block, med, 4, np.empty(1024, dtype=np.int64))
+        if want < 500:
+            assert got == want, (rows, cols, got, want)
+        elif np.isfinite(got):  # only when the middle deviations fit the bins
+            assert got == want
+        out = np.empty(rows)
+        robust_rows(block, 3.0, out, True)
+        np.testing.assert_allclose(out, ref.robust_rows(block), rtol=0, atol=1e-9)
+    wide = np.rint(rng.normal(25000, 5000, (64, 59))).astype(np.int32)
+    med = np.median(wide, axis=1)
+    assert np.isnan(median_abs_dev_counting(wide, med, 4, np.empty(1024, dtype=np.int64)))
+
+
 def test_serial_overscan_matches_reference_and_finds_the_bias():
     rng = np.random.default_rng(3)
     small = (3, 512, 0, 40)
