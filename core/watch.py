@@ -60,6 +60,10 @@ from core.rawfile import RawFileError, RawInfo, read_raw_header
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".watch"
+# Seconds between two refreshes of a filling exposure at least: a following viewer sees new CCDs
+# within about a second, and the refreshes take little of the cores the workers need (cheap now
+# that the root's JSON is kept between refreshes, they would otherwise come at every poll).
+REFRESH_EVERY = 1.0
 FAILURE_LOG = "watch-failures.jsonl"
 READY, WAITING, BAD = "ready", "waiting", "bad"
 
@@ -693,7 +697,9 @@ class Watcher:
             )
             if whole or quiet:
                 self._finish(e, timed_out=not whole)
-            elif e.dirty and now - e.t_refresh >= max(self.poll, 10 * e.refresh_cost):
+            elif e.dirty and now - e.t_refresh >= max(
+                self.poll, REFRESH_EVERY, 10 * e.refresh_cost
+            ):
                 # at most ~10 % of the watcher's time on refreshes (a full camera's root: ~2 MB)
                 self._refresh(e)
         self._look()

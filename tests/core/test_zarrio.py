@@ -31,3 +31,38 @@ def test_arrays_read_back_with_zarr_python(tmp_path, dtype, shuffle):
     assert blosc["configuration"]["typesize"] == np.dtype(dtype).itemsize
     # a folder per chunk row and a file per chunk (3 x 2)
     assert len(list((tmp_path / "s.zarr" / "a" / "c").rglob("*"))) == 3 + 3 * 2
+
+
+def test_consolidated_root_is_json_dumps_of_the_document_and_follows_new_nodes(tmp_path):
+    """The root keeps each node's JSON between calls (the watcher rewrites it ~once a second):
+    the bytes are still ``json.dumps`` of the whole document, zarr-python opens it consolidated,
+    and a node written again (a new document) or added shows up in the next root."""
+    import json
+
+    from core.zarrio import group_metadata
+
+    root = tmp_path / "s.zarr"
+    w = Writer(str(root))
+    w.group("b")
+    w.array("b/x", np.arange(6, dtype=np.int32))
+    w.array("a", np.zeros((3, 2), dtype=np.float32), attributes={"note": 'é"\\ \n'})
+
+    def expected(attrs):
+        doc = group_metadata(attrs)
+        doc["consolidated_metadata"] = {
+            "kind": "inline",
+            "must_understand": False,
+            "metadata": dict(sorted(w.nodes.items())),
+        }
+        return json.dumps(doc).encode()
+
+    w.consolidate({"step": 1})
+    assert (root / "zarr.json").read_bytes() == expected({"step": 1})
+    w.array("b/x", np.arange(10, dtype=np.int32))  # the same node again, another shape
+    w.array("c", np.ones(4, dtype=np.uint8))
+    w.consolidate({"step": 2})
+    assert (root / "zarr.json").read_bytes() == expected({"step": 2})
+    g = zarr.open_group(str(root), mode="r", use_consolidated=True)
+    assert g.attrs["step"] == 2
+    assert g["b/x"].shape == (10,) and g["c"].shape == (4,)
+    assert g["a"].attrs["note"] == 'é"\\ \n'
