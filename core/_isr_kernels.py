@@ -104,14 +104,25 @@ def clipped_mean(values, centre, lim):
 
 
 @ngjit
-def _hist_rank(hist, k):
-    """Bin of the k-th smallest (0-based) entry counted in ``hist``; -1 beyond its last bin."""
-    seen = 0
-    for i in range(hist.shape[0]):
-        seen += hist[i]
-        if seen > k:
+def rank_in_hist(hist, lo, hi, k, c0=0):
+    """Value (bin index) of the k-th smallest (0-based) entry counted in hist[lo:hi + 1], with
+    ``c0`` entries below the histogram."""
+    c = c0
+    for i in range(lo, hi + 1):
+        c += hist[i]
+        if c > k:
             return i
-    return -1
+    return hi
+
+
+@ngjit
+def median_from_hist(hist, lo, hi, n, c0=0):
+    """Median (in bin indices) of n entries counted in hist[lo:hi + 1], ``c0`` of them below."""
+    if n % 2 == 1:
+        return float(rank_in_hist(hist, lo, hi, n // 2, c0))
+    return 0.5 * (
+        rank_in_hist(hist, lo, hi, n // 2 - 1, c0) + rank_in_hist(hist, lo, hi, n // 2, c0)
+    )
 
 
 @ngjit
@@ -125,6 +136,7 @@ def median_abs_dev_counting(block, med, step, hist):
     for j in range(nb):
         hist[j] = 0
     n = 0
+    inside = 0
     for y in range(0, ny, step):
         twice_med = 2.0 * med[y]
         row = block[y]
@@ -132,14 +144,11 @@ def median_abs_dev_counting(block, med, step, hist):
             j = int(abs(2.0 * row[i] - twice_med))  # exact: an integer in a float
             if j < nb:
                 hist[j] += 1
+                inside += 1
         n += m
-    if n == 0:
+    if inside <= n // 2:  # no values, or the upper middle one beyond the bins
         return np.nan
-    hi = _hist_rank(hist, n // 2)
-    if hi < 0:
-        return np.nan
-    lo = hi if n % 2 == 1 else _hist_rank(hist, n // 2 - 1)
-    return 0.25 * (lo + hi)  # half-ADU bins, and the mean of the two middle ones
+    return 0.5 * median_from_hist(hist, 0, nb - 1, n)  # half-ADU bins
 
 
 @ngjit

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from core._isr_kernels import median_inplace
+from core._isr_kernels import median_from_hist, median_inplace
 from core._jit import ngjit
 
 MAX_HIST = 1 << 22  # widest value range summarised by a histogram (18-bit data: 2^18)
@@ -25,18 +25,6 @@ IQR_TO_SIGMA = 1.0 / 1.3489795003921634  # Gaussian sigma from the interquartile
 
 # ---------------------------------------------------------------------------------------------
 # Histogram helpers
-
-
-@ngjit
-def _rank_value(hist, lo, hi, k, c0=0):
-    """Value (bin index) of the k-th smallest (0-based) entry counted in hist[lo:hi + 1], with
-    ``c0`` entries below the histogram."""
-    c = c0
-    for i in range(lo, hi + 1):
-        c += hist[i]
-        if c > k:
-            return i
-    return hi
 
 
 @ngjit
@@ -56,13 +44,6 @@ def _grouped_quantile(hist, lo, hi, n, q, c0=0):
 
 
 @ngjit
-def _median_from_hist(hist, lo, hi, n, c0=0):
-    if n % 2 == 1:
-        return float(_rank_value(hist, lo, hi, n // 2, c0))
-    return 0.5 * (_rank_value(hist, lo, hi, n // 2 - 1, c0) + _rank_value(hist, lo, hi, n // 2, c0))
-
-
-@ngjit
 def _inside(below, above, n, q_lo, q_hi):
     """Do the quantiles q_lo .. q_hi of n values fall inside a window that left ``below``
     values under it and ``above`` over it?"""
@@ -74,7 +55,7 @@ def _hist_stats(values_min, values_max, hist, n, out):
     """(median, grouped q25, grouped q75) of n integer values counted in
     hist[value - values_min]."""
     hi = values_max - values_min
-    out[0] = _median_from_hist(hist, 0, hi, n) + values_min
+    out[0] = median_from_hist(hist, 0, hi, n) + values_min
     out[1] = _grouped_quantile(hist, 0, hi, n, 0.25) + values_min
     out[2] = _grouped_quantile(hist, 0, hi, n, 0.75) + values_min
 
@@ -383,7 +364,7 @@ def data_sample(segments, row_bias, x0, x1, y0, y1, row_step, stats):
         stats[a, 3] = lo
         stats[a, 4] = hi
         if _inside(below, above, n, 0.25, 0.75):
-            stats[a, 0] = _median_from_hist(window, 0, WINDOW - 1, n, below) + wlo
+            stats[a, 0] = median_from_hist(window, 0, WINDOW - 1, n, below) + wlo
             stats[a, 1] = _grouped_quantile(window, 0, WINDOW - 1, n, 0.25, below) + wlo
             stats[a, 2] = _grouped_quantile(window, 0, WINDOW - 1, n, 0.75, below) + wlo
             continue
