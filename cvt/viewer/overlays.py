@@ -92,39 +92,32 @@ class OutlineLayer(QGraphicsObject):
         self.pen.setCosmetic(True)
         self.pen.setWidthF(width)
         self.min_screen_px = min_screen_px
-        self._boxes = np.empty((0, 4))
-        self._box_size = 0.0
-        self._bounds = QRectF()
-        self._cells: list[tuple[QRectF, QPainterPath]] = []
-        self._lines: list[QLineF] = []
+        self.outline = outline_geometry([])
 
     def set_geometry(self, geometry: OutlineGeometry) -> None:
         """Show outlines prepared by ``outline_geometry`` (on any thread)."""
         self.prepareGeometryChange()
-        self._boxes = geometry.boxes
-        self._box_size = geometry.box_size
-        self._bounds = geometry.bounds
-        self._cells = geometry.cells
-        self._lines = geometry.lines
+        self.outline = geometry
         self.update()
 
     def boundingRect(self) -> QRectF:
-        return self._bounds
+        return self.outline.bounds
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
+        g = self.outline
         scale = abs(painter.worldTransform().m11())
-        if self.min_screen_px and scale * self._box_size < self.min_screen_px:
+        if self.min_screen_px and scale * g.box_size < self.min_screen_px:
             return
-        if self._lines:
+        if g.lines:
             painter.setPen(self.pen)
-            painter.drawLines(self._lines)
-        if self._cells:
+            painter.drawLines(g.lines)
+        if g.cells:
             # paths built once: no Python per box in a frame (building thousands of QRectF
             # per paint held the GUI thread, and the interpreter lock, 5-20 ms)
             painter.setPen(self.pen)
             painter.setBrush(Qt.BrushStyle.NoBrush)
             area = option.exposedRect
-            for bounds, path in self._cells:
+            for bounds, path in g.cells:
                 if bounds.intersects(area):
                     painter.drawPath(path)
 
