@@ -53,14 +53,17 @@ def lower_priority(nice: int = WORKER_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), nice))
 
 
-def _start_threads(pool: ThreadPoolExecutor, n: int) -> None:
-    """Start the ``n`` threads of ``pool`` now. A pool starts its threads one at a time, inside
-    ``submit`` when no thread is idle, and ``submit`` then waits until the new thread runs: on
-    the GUI thread, 6 ms of an exposure's opening on a busy machine (its thread had to get a
-    core and the interpreter lock). Each thread is held by a task until all have started."""
+def _started_pool(n: int, prefix: str) -> ThreadPoolExecutor:
+    """A pool of ``n`` low-priority threads, all started now. A pool starts its threads one at a
+    time, inside ``submit`` when no thread is idle, and ``submit`` then waits until the new
+    thread runs: on the GUI thread, 6 ms of an exposure's opening on a busy machine (its thread
+    had to get a core and the interpreter lock). Each thread is held by a task until all have
+    started."""
+    pool = ThreadPoolExecutor(n, thread_name_prefix=prefix, initializer=lower_priority)
     barrier = threading.Barrier(n)
     for _ in range(n):
         pool.submit(barrier.wait, 30.0)
+    return pool
 
 
 class TaskRunner(QObject):
@@ -74,18 +77,17 @@ class TaskRunner(QObject):
     ):
         super().__init__(parent)
         cpu_threads = cpu_threads or worker_threads()
-        init = {"initializer": lower_priority}
         self.pools = {
-            "io": ThreadPoolExecutor(io_threads, thread_name_prefix="cvt-io", **init),
-            "cpu": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-cpu", **init),
+            "io": _started_pool(io_threads, "cvt-io"),
+            "cpu": _started_pool(cpu_threads, "cvt-cpu"),
             # what is about to be drawn never waits behind statistics or a health check
-            "draw": ThreadPoolExecutor(cpu_threads, thread_name_prefix="cvt-draw", **init),
+            "draw": _started_pool(cpu_threads, "cvt-draw"),
             # following a repository (a long-lived event stream, listings, catalog queries):
             # never takes a tile reader's thread, whatever a slow server does
-            "follow": ThreadPoolExecutor(3, thread_name_prefix="cvt-follow", **init),
+            "follow": ThreadPoolExecutor(
+                3, thread_name_prefix="cvt-follow", initializer=lower_priority
+            ),
         }
-        for name, n in (("io", io_threads), ("cpu", cpu_threads), ("draw", cpu_threads)):
-            _start_threads(self.pools[name], n)
         self._closed = False
         self._outstanding = 0
         self._lock = threading.Lock()
