@@ -93,7 +93,7 @@ def process_ccd(
     t0 = time.perf_counter()
     det = camera.detector(raw.info.detector)
     seg = raw.segments
-    row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config)
+    row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config, raw.serial_overscan)
     t1 = time.perf_counter()
     level0 = isr.assemble_to_focal_plane(
         seg, raw.datasec, raw.placements, row_bias, col_bias, det.quarter_turns
@@ -139,7 +139,7 @@ def process_ccd(
         row_bias=row_bias,
         col_bias=col_bias,
         prescan=seg[:, :y1, :x0],
-        serial_overscan=seg[:, :, x1:],
+        serial_overscan=raw.serial_overscan,
         parallel_overscan=seg[:, y1:, :x1],
         headers=headers,
     )

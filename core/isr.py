@@ -40,10 +40,23 @@ class IsrConfig:
         return ox0, ox1
 
 
+def serial_overscan(segments: np.ndarray, datasec: tuple[int, int, int, int]) -> np.ndarray:
+    """The serial overscan of every segment (the columns after DATASEC) as one C-ordered copy.
+
+    The row bias, the bias level and the read noise each walk these ~60 columns of every row;
+    picked out of the 576-column rows of the segments they took 2-4x as long as from the copy
+    (per CCD: 16 against 11 ms, 8.6 against 4.5 and 7 against 1.7; the copy costs 2-3 ms)."""
+    return np.ascontiguousarray(segments[:, :, datasec[1] :])
+
+
 def overscan_bias(
-    segments: np.ndarray, datasec: tuple[int, int, int, int], config: IsrConfig = IsrConfig()
+    segments: np.ndarray,
+    datasec: tuple[int, int, int, int],
+    config: IsrConfig = IsrConfig(),
+    serial: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(row_bias[amp, raw_row], col_bias[amp, data_col]) as float32; col_bias is 0 unless enabled."""
+    """(row_bias[amp, raw_row], col_bias[amp, data_col]) as float32; col_bias is 0 unless enabled.
+    ``serial``: ``serial_overscan(segments, datasec)`` if the caller has it already."""
     if segments.ndim != 3 or segments.dtype != np.int32:
         raise ValueError(
             f"segments must be int32 (amp, row, col), got {segments.dtype} {segments.shape}"
@@ -51,8 +64,10 @@ def overscan_bias(
     n_amp, ny_raw, nx_raw = segments.shape
     x0, x1, _, y1 = datasec
     ox0, ox1 = config.serial_columns(datasec, nx_raw)
+    if serial is None:
+        serial = serial_overscan(segments, datasec)
     row_bias = np.empty((n_amp, ny_raw), dtype=np.float64)
-    k.serial_overscan_rows(segments, ox0, ox1, config.clip, row_bias)
+    k.serial_overscan_rows(serial, ox0 - x1, ox1 - x1, config.clip, row_bias)
     col_bias = np.zeros((n_amp, x1 - x0), dtype=np.float64)
     py0 = y1 + config.parallel_skip_first
     if config.parallel and ny_raw - py0 >= 4:

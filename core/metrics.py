@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import _metrics_kernels as k
-from core.isr import IsrConfig, downsample_scaled
+from core.isr import IsrConfig, downsample_scaled, serial_overscan
 from core.layout import AmpPlacement, amp_array_box, array_to_ccd
 
 IMAGE_CATEGORIES = ("bias", "dark", "flat", "science", "default")
@@ -185,12 +185,15 @@ def amp_metrics(
     int32 segments with ``datasec`` given. ``row_bias`` is ``core.isr.overscan_bias``'s, made
     with ``isr_config`` (whose serial overscan columns the noise and bias level use too).
     """
+    serial = None
     if isinstance(raw, np.ndarray):
         segments = raw
         if datasec is None:
             raise ValueError("datasec is needed with bare segments")
     else:
         segments = raw.segments
+        if datasec is None or tuple(datasec) == tuple(raw.datasec):
+            serial = raw.serial_overscan  # the ISR's copy
         datasec = raw.datasec if datasec is None else datasec
         placements = raw.placements if placements is None else placements
     if segments.ndim != 3 or segments.dtype != np.int32:
@@ -212,10 +215,13 @@ def amp_metrics(
     ox0, ox1 = isr_config.serial_columns(datasec, nx)
     f8 = np.float64
 
+    if serial is None:
+        serial = serial_overscan(segments, datasec)
+    so0, so1 = ox0 - x1, ox1 - x1  # the columns in ``serial``
     bias = np.empty(n_amp, f8)
-    k.bias_level(segments, ox0, ox1, bias)
+    k.bias_level(serial, so0, so1, bias)
     noise = np.empty(n_amp, f8)
-    k.read_noise(segments, row_bias, ox0, ox1, c.noise_box[0], c.noise_box[1], noise)
+    k.read_noise(serial, row_bias, so0, so1, c.noise_box[0], c.noise_box[1], noise)
 
     shifts = np.empty(n_amp, f8)
     shift_max = np.empty(n_amp, f8)
