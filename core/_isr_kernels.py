@@ -265,33 +265,38 @@ def _mean2(a, xa, b, xb, n_rows, n_cols, s, c):
 
 
 @ngjit
+def _mean_row(src, j, o):
+    """Row j of ``downsample2``'s output into ``o``."""
+    ny, nx = src.shape
+    hx = nx // 2
+    a = src[2 * j]
+    n_rows = 2 if 2 * j + 1 < ny else 1
+    b = src[2 * j + 1] if n_rows == 2 else a
+    if n_rows == 2:
+        for i in range(hx):
+            x = 2 * i
+            s, c = _add(0.0, 0, a[x])
+            s, c = _add(s, c, a[x + 1])
+            s, c = _add(s, c, b[x])
+            s, c = _add(s, c, b[x + 1])
+            o[i] = s / c if c > 0 else np.nan
+    else:
+        for i in range(hx):
+            s, c = _mean2(a, 2 * i, b, 2 * i, 1, 2, 0.0, 0)
+            o[i] = s / c if c > 0 else np.nan
+    if nx % 2 == 1:
+        s, c = _mean2(a, nx - 1, b, nx - 1, n_rows, 1, 0.0, 0)
+        o[hx] = s / c if c > 0 else np.nan
+
+
+@ngjit
 def downsample2(src, out):
     """2 x 2 area mean ignoring NaN; odd edges average what they have; all-NaN gives NaN.
 
     Two source rows at a time without bounds checks in the inner loop (the edges apart): 2.5x
     faster than testing every neighbour, the same sums in the same order."""
-    ny, nx = src.shape
-    hx = nx // 2
     for j in range(out.shape[0]):
-        a = src[2 * j]
-        n_rows = 2 if 2 * j + 1 < ny else 1
-        b = src[2 * j + 1] if n_rows == 2 else a
-        o = out[j]
-        if n_rows == 2:
-            for i in range(hx):
-                x = 2 * i
-                s, c = _add(0.0, 0, a[x])
-                s, c = _add(s, c, a[x + 1])
-                s, c = _add(s, c, b[x])
-                s, c = _add(s, c, b[x + 1])
-                o[i] = s / c if c > 0 else np.nan
-        else:
-            for i in range(hx):
-                s, c = _mean2(a, 2 * i, b, 2 * i, 1, 2, 0.0, 0)
-                o[i] = s / c if c > 0 else np.nan
-        if nx % 2 == 1:
-            s, c = _mean2(a, nx - 1, b, nx - 1, n_rows, 1, 0.0, 0)
-            o[hx] = s / c if c > 0 else np.nan
+        _mean_row(src, j, out[j])
 
 
 @ngjit
@@ -314,33 +319,72 @@ def bin_sum(src, off_x, off_y, factor, sums, counts):
 
 
 @ngjit
+def _scaled_row(src, row_block, col_scale, j, o):
+    """Row j of ``downsample2_scaled``'s output into ``o``."""
+    ny, nx = src.shape
+    hx = nx // 2
+    y0 = 2 * j
+    y1 = y0 + 1 if y0 + 1 < ny else y0
+    rows = 2.0 if y1 != y0 else 1.0
+    a = src[y0]
+    b = src[y1]
+    sa = col_scale[row_block[y0]]
+    sb = col_scale[row_block[y1]]
+    for i in range(hx):
+        x = 2 * i
+        t = a[x] * sa[x] + a[x + 1] * sa[x + 1]
+        if rows == 2.0:
+            t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
+        o[i] = t / (2.0 * rows)
+    if nx % 2 == 1:
+        x = nx - 1
+        t = a[x] * sa[x]
+        if rows == 2.0:
+            t += b[x] * sb[x]
+        o[hx] = t / rows
+
+
+@ngjit
 def downsample2_scaled(src, row_block, col_scale, out):
     """2 x 2 area mean of ``src[y, x] * col_scale[row_block[y], x]``: a per-amp factor (the
     gain, ADU to electrons) applied before binning, so a pixel that straddles two amps is still
     exact. Odd edges average what they have."""
+    for j in range(out.shape[0]):
+        _scaled_row(src, row_block, col_scale, j, out[j])
+
+
+@ngjit
+def downsample2_both(src, row_block, col_scale, out, scaled):
+    """``downsample2`` into ``out`` and ``downsample2_scaled`` into ``scaled``, row pair by row
+    pair: one pass over ``src`` instead of two (the same values to the bit)."""
     ny, nx = src.shape
     hx = nx // 2
     for j in range(out.shape[0]):
-        y0 = 2 * j
-        y1 = y0 + 1 if y0 + 1 < ny else y0
-        rows = 2.0 if y1 != y0 else 1.0
-        a = src[y0]
-        b = src[y1]
-        sa = col_scale[row_block[y0]]
-        sb = col_scale[row_block[y1]]
+        if 2 * j + 1 >= ny:  # a last single row
+            _mean_row(src, j, out[j])
+            _scaled_row(src, row_block, col_scale, j, scaled[j])
+            continue
+        a = src[2 * j]
+        b = src[2 * j + 1]
+        sa = col_scale[row_block[2 * j]]
+        sb = col_scale[row_block[2 * j + 1]]
         o = out[j]
-        for i in range(hx):
+        e = scaled[j]
+        for i in range(hx):  # both from the same four loads (2 ms less than one after the other)
             x = 2 * i
+            s, c = _add(0.0, 0, a[x])
+            s, c = _add(s, c, a[x + 1])
+            s, c = _add(s, c, b[x])
+            s, c = _add(s, c, b[x + 1])
+            o[i] = s / c if c > 0 else np.nan
             t = a[x] * sa[x] + a[x + 1] * sa[x + 1]
-            if rows == 2.0:
-                t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
-            o[i] = t / (2.0 * rows)
+            t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
+            e[i] = t / 4.0
         if nx % 2 == 1:
+            s, c = _mean2(a, nx - 1, b, nx - 1, 2, 1, 0.0, 0)
+            o[hx] = s / c if c > 0 else np.nan
             x = nx - 1
-            t = a[x] * sa[x]
-            if rows == 2.0:
-                t += b[x] * sb[x]
-            o[hx] = t / rows
+            e[hx] = (a[x] * sa[x] + b[x] * sb[x]) / 2.0
 
 
 @ngjit

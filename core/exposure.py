@@ -75,6 +75,9 @@ class DetectorProduct:
     parallel_overscan: np.ndarray
     headers: dict  # {"primary": text, "segments": {EXTNAME: text}}
     timings: dict = field(default_factory=dict)
+    # level 1 in electrons (each amp times its gain), made with level 1 for source detection
+    # when asked (``core.ingest.process_ccd``); not written
+    electrons_level1: np.ndarray | None = None
 
     @property
     def attrs(self) -> dict:

@@ -87,23 +87,23 @@ def detector_placement(raw_shape_fp: tuple[int, int], det, quarter_turns: int):
 
 
 def process_ccd(
-    raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConfig()
+    raw: RawCCD, camera: Camera, config: isr.IsrConfig = isr.IsrConfig(), electrons: bool = False
 ) -> DetectorProduct:
-    """ISR, assembly into the focal-plane frame, and the pyramid of one CCD (pure compute)."""
+    """ISR, assembly into the focal-plane frame, and the pyramid of one CCD (pure compute);
+    with ``electrons``, level 1 in electrons too (``DetectorProduct.electrons_level1``, the
+    image sources are detected on), from the same pass over level 0."""
     t0 = time.perf_counter()
     det = camera.detector(raw.info.detector)
     seg = raw.segments
+    x0, x1, y0, y1 = raw.datasec
+    if y0 != 0:
+        raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
     row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config, raw.serial_overscan)
     t1 = time.perf_counter()
     level0 = isr.assemble_to_focal_plane(
         seg, raw.datasec, raw.placements, row_bias, col_bias, det.quarter_turns
     )
     t2 = time.perf_counter()
-    levels = isr.pyramid(level0)
-    t3 = time.perf_counter()
-    x0, x1, y0, y1 = raw.datasec
-    if y0 != 0:
-        raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
     ccd_shape = assembly.ccd_shape(raw.datasec, raw.placements)
     w, h = x1 - x0, y1 - y0
     amps = [
@@ -118,6 +118,14 @@ def process_ccd(
         }
         for p in raw.placements
     ]
+    electrons_level1 = None
+    if electrons:
+        gains = metrics.amp_constants(det, raw.placements)["gain"]
+        boxes = metrics.amp_array_boxes(amps, ccd_shape, det.quarter_turns)
+        levels, electrons_level1 = isr.pyramid_and_scaled(level0, boxes, gains)
+    else:
+        levels = isr.pyramid(level0)
+    t3 = time.perf_counter()
     headers = {
         "primary": header_text(raw.info.primary_header),
         "segments": {p.extname: text for p, text in zip(raw.placements, raw.segment_header_texts)},
@@ -142,6 +150,7 @@ def process_ccd(
         serial_overscan=raw.serial_overscan,
         parallel_overscan=seg[:, y1:, :x1],
         headers=headers,
+        electrons_level1=electrons_level1,
     )
     product.timings = {"overscan": t1 - t0, "assemble": t2 - t1, "pyramid": t3 - t2}
     return product
@@ -185,7 +194,8 @@ def _ingest_ccd(
         t1 = time.perf_counter()
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
-        product = process_ccd(raw, camera, config)
+        detect = measure and metrics.image_category(raw.info.image_type) == "science"
+        product = process_ccd(raw, camera, config, electrons=detect)
         if measure:
             try:  # health metrics and sources are worth having, the pixels more so
                 result.metrics, result.sources, t_metrics = metrics.measure_ccd(

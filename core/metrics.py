@@ -435,7 +435,9 @@ def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), det
             # on level 1 (2 x 2 means): a quarter of the cost of level 0, the catalogue still in
             # level-0 pixels (core.detect.detect_binned says what that costs in accuracy)
             if len(product.levels) > 1:
-                binned = downsample_scaled(level0, boxes, gain)
+                binned = product.electrons_level1
+                if binned is None:
+                    binned = downsample_scaled(level0, boxes, gain)
                 found = det_mod.detect_binned(binned, saturation=sat)
             else:
                 electrons = level0.astype(np.float32)

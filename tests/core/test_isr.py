@@ -183,6 +183,16 @@ def test_downsample_scaled_is_the_area_mean_of_the_scaled_image(shape):
     np.testing.assert_allclose(got, ref.downsample2(scaled), rtol=1e-6)
     with pytest.raises(ValueError, match="cover"):
         isr.downsample_scaled(image, boxes[:-1], np.array(factors[:-1]))
+    # the ingest's one pass over level 0 for both: the pyramid and the scaled level, bit for bit
+    levels, both = isr.pyramid_and_scaled(image, boxes, np.array(factors), min_size=4)
+    alone = isr.pyramid(image, min_size=4)
+    assert len(levels) == len(alone) > 2
+    for a, b in zip(levels, alone):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(both, got)
+    levels, both = isr.pyramid_and_scaled(image, boxes, np.array(factors), min_size=100)
+    assert len(levels) == 1 and levels[0] is image
+    np.testing.assert_array_equal(both, got)
 
 
 @pytest.mark.parametrize("turns", [0, 1, 2, 3])
