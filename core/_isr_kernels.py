@@ -265,6 +265,23 @@ def _mean2(a, xa, b, xb, n_rows, n_cols, s, c):
 
 
 @ngjit
+def _mean4(a, b, x):
+    """The mean of a[x], a[x + 1], b[x], b[x + 1] leaving out NaN (NaN if all are)."""
+    s, c = _add(0.0, 0, a[x])
+    s, c = _add(s, c, a[x + 1])
+    s, c = _add(s, c, b[x])
+    s, c = _add(s, c, b[x + 1])
+    return s / c if c > 0 else np.nan
+
+
+@ngjit
+def _edge_mean(a, b, x, n_rows, n_cols):
+    """``_mean4`` of what an odd edge has: n_rows x n_cols values from x."""
+    s, c = _mean2(a, x, b, x, n_rows, n_cols, 0.0, 0)
+    return s / c if c > 0 else np.nan
+
+
+@ngjit
 def _mean_row(src, j, o):
     """Row j of ``downsample2``'s output into ``o``."""
     ny, nx = src.shape
@@ -274,19 +291,12 @@ def _mean_row(src, j, o):
     b = src[2 * j + 1] if n_rows == 2 else a
     if n_rows == 2:
         for i in range(hx):
-            x = 2 * i
-            s, c = _add(0.0, 0, a[x])
-            s, c = _add(s, c, a[x + 1])
-            s, c = _add(s, c, b[x])
-            s, c = _add(s, c, b[x + 1])
-            o[i] = s / c if c > 0 else np.nan
+            o[i] = _mean4(a, b, 2 * i)
     else:
         for i in range(hx):
-            s, c = _mean2(a, 2 * i, b, 2 * i, 1, 2, 0.0, 0)
-            o[i] = s / c if c > 0 else np.nan
+            o[i] = _edge_mean(a, b, 2 * i, 1, 2)
     if nx % 2 == 1:
-        s, c = _mean2(a, nx - 1, b, nx - 1, n_rows, 1, 0.0, 0)
-        o[hx] = s / c if c > 0 else np.nan
+        o[hx] = _edge_mean(a, b, nx - 1, n_rows, 1)
 
 
 @ngjit
@@ -319,29 +329,43 @@ def bin_sum(src, off_x, off_y, factor, sums, counts):
 
 
 @ngjit
+def _scaled4(a, b, sa, sb, x):
+    """The mean of a[x] sa[x], a[x + 1] sa[x + 1], b[x] sb[x], b[x + 1] sb[x + 1]."""
+    t = a[x] * sa[x] + a[x + 1] * sa[x + 1]
+    t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
+    return t / 4.0
+
+
+@ngjit
+def _scaled_edge(a, b, sa, sb, x, two_rows):
+    """The scaled mean of an odd last column: a[x] sa[x] (and b[x] sb[x] with ``two_rows``)."""
+    t = a[x] * sa[x]
+    if two_rows:
+        t += b[x] * sb[x]
+        return t / 2.0
+    return t / 1.0
+
+
+@ngjit
 def _scaled_row(src, row_block, col_scale, j, o):
     """Row j of ``downsample2_scaled``'s output into ``o``."""
     ny, nx = src.shape
     hx = nx // 2
     y0 = 2 * j
     y1 = y0 + 1 if y0 + 1 < ny else y0
-    rows = 2.0 if y1 != y0 else 1.0
     a = src[y0]
     b = src[y1]
     sa = col_scale[row_block[y0]]
     sb = col_scale[row_block[y1]]
-    for i in range(hx):
-        x = 2 * i
-        t = a[x] * sa[x] + a[x + 1] * sa[x + 1]
-        if rows == 2.0:
-            t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
-        o[i] = t / (2.0 * rows)
+    if y1 != y0:
+        for i in range(hx):
+            o[i] = _scaled4(a, b, sa, sb, 2 * i)
+    else:
+        for i in range(hx):
+            x = 2 * i
+            o[i] = (a[x] * sa[x] + a[x + 1] * sa[x + 1]) / 2.0
     if nx % 2 == 1:
-        x = nx - 1
-        t = a[x] * sa[x]
-        if rows == 2.0:
-            t += b[x] * sb[x]
-        o[hx] = t / rows
+        o[hx] = _scaled_edge(a, b, sa, sb, nx - 1, y1 != y0)
 
 
 @ngjit
@@ -371,20 +395,11 @@ def downsample2_both(src, row_block, col_scale, out, scaled):
         o = out[j]
         e = scaled[j]
         for i in range(hx):  # both from the same four loads (2 ms less than one after the other)
-            x = 2 * i
-            s, c = _add(0.0, 0, a[x])
-            s, c = _add(s, c, a[x + 1])
-            s, c = _add(s, c, b[x])
-            s, c = _add(s, c, b[x + 1])
-            o[i] = s / c if c > 0 else np.nan
-            t = a[x] * sa[x] + a[x + 1] * sa[x + 1]
-            t += b[x] * sb[x] + b[x + 1] * sb[x + 1]
-            e[i] = t / 4.0
+            o[i] = _mean4(a, b, 2 * i)
+            e[i] = _scaled4(a, b, sa, sb, 2 * i)
         if nx % 2 == 1:
-            s, c = _mean2(a, nx - 1, b, nx - 1, 2, 1, 0.0, 0)
-            o[hx] = s / c if c > 0 else np.nan
-            x = nx - 1
-            e[hx] = (a[x] * sa[x] + b[x] * sb[x]) / 2.0
+            o[hx] = _edge_mean(a, b, nx - 1, 2, 1)
+            e[hx] = _scaled_edge(a, b, sa, sb, nx - 1, True)
 
 
 @ngjit
