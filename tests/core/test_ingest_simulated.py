@@ -112,10 +112,10 @@ def test_a_failing_step_never_stops_the_exposure(tmp_path, monkeypatch):
             raise ZeroDivisionError("injected")
         return real_measure(raw, product, detector, config)
 
-    def process(raw, camera, config):
+    def process(raw, camera, config, **kw):
         if raw.info.detector == "R22_S21":
             raise RuntimeError("injected")
-        return real_process(raw, camera, config)
+        return real_process(raw, camera, config, **kw)
 
     monkeypatch.setattr(metrics, "measure_ccd", measure)
     monkeypatch.setattr(ingest_mod, "process_ccd", process)
