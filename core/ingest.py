@@ -98,7 +98,8 @@ def process_ccd(
     x0, x1, y0, y1 = raw.datasec
     if y0 != 0:
         raise RawFileError(raw.path, f"data section starts at row {y0 + 1}, not 1; not supported")
-    row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config, raw.serial_overscan)
+    serial = isr.serial_overscan(seg, raw.datasec)  # for the ISR, the metrics and the store
+    row_bias, col_bias = isr.overscan_bias(seg, raw.datasec, config, serial)
     t1 = time.perf_counter()
     level0 = isr.assemble_to_focal_plane(
         seg, raw.datasec, raw.placements, row_bias, col_bias, det.quarter_turns
@@ -147,7 +148,7 @@ def process_ccd(
         row_bias=row_bias,
         col_bias=col_bias,
         prescan=seg[:, :y1, :x0],
-        serial_overscan=raw.serial_overscan,
+        serial_overscan=serial,
         parallel_overscan=seg[:, y1:, :x1],
         headers=headers,
         electrons_level1=electrons_level1,

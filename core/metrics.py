@@ -178,22 +178,21 @@ def amp_metrics(
     placements: Sequence[AmpPlacement] | None = None,
     isr_config: IsrConfig = IsrConfig(),
     config: MetricsConfig = MetricsConfig(),
+    serial: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The per-amp metrics (module docstring) of one CCD, as columns, one row per amp.
 
     ``raw`` is a ``RawCCD`` (segments, DATASEC and placements from it) or the ``(amp, row, col)``
     int32 segments with ``datasec`` given. ``row_bias`` is ``core.isr.overscan_bias``'s, made
-    with ``isr_config`` (whose serial overscan columns the noise and bias level use too).
+    with ``isr_config`` (whose serial overscan columns the noise and bias level use too);
+    ``serial`` is ``core.isr.serial_overscan`` of the segments when the caller has it already.
     """
-    serial = None
     if isinstance(raw, np.ndarray):
         segments = raw
         if datasec is None:
             raise ValueError("datasec is needed with bare segments")
     else:
         segments = raw.segments
-        if datasec is None or tuple(datasec) == tuple(raw.datasec):
-            serial = raw.serial_overscan  # the ISR's copy
         datasec = raw.datasec if datasec is None else datasec
         placements = raw.placements if placements is None else placements
     if segments.ndim != 3 or segments.dtype != np.int32:
@@ -402,7 +401,7 @@ def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), det
     info = raw.info
     table = amp_metrics(
         raw, product.row_bias, const["gain"], const["saturation"], info.image_type,
-        info.exposure_time, isr_config=isr_config,
+        info.exposure_time, isr_config=isr_config, serial=product.serial_overscan,
     )  # fmt: skip
     n_amp = len(raw.placements)
     columns: dict[str, np.ndarray] = {

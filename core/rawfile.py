@@ -204,12 +204,6 @@ class RawCCD:
         return tuple(header_text(h) for h in self.header_sources)
 
     @cached_property
-    def serial_overscan(self) -> np.ndarray:
-        """The serial overscan columns of every segment, one C-ordered copy made once for the
-        ISR, the metrics and the store (``core.isr.serial_overscan``)."""
-        return np.ascontiguousarray(self.segments[:, :, self.datasec[1] :])
-
-    @cached_property
     def layout(self) -> SegmentLayout:
         return SegmentLayout(
             (int(self.segments.shape[1]), int(self.segments.shape[2])), self.datasec
