@@ -343,7 +343,7 @@ def _scaled_edge(a, b, sa, sb, x, two_rows):
     if two_rows:
         t += b[x] * sb[x]
         return t / 2.0
-    return t / 1.0
+    return t
 
 
 @ngjit

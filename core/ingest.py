@@ -195,8 +195,8 @@ def _ingest_ccd(
         t1 = time.perf_counter()
         result.raw_bytes = raw.segments.nbytes
         camera = load_camera(camera_name)
-        detect = measure and metrics.image_category(raw.info.image_type) == "science"
-        product = process_ccd(raw, camera, config, electrons=detect)
+        electrons = measure and metrics.has_sources(raw.info.image_type)  # for detection
+        product = process_ccd(raw, camera, config, electrons=electrons)
         if measure:
             try:  # health metrics and sources are worth having, the pixels more so
                 result.metrics, result.sources, t_metrics = metrics.measure_ccd(

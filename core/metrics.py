@@ -81,6 +81,11 @@ def image_category(image_type: str | None) -> str:
     return "default"
 
 
+def has_sources(image_type: str | None) -> bool:
+    """Are sources detected on images of this type (science images only)?"""
+    return image_category(image_type) == "science"
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """The knobs of the definitions above (defaults: eo_pipe's and CAMERA.md's)."""
@@ -418,7 +423,7 @@ def measure_ccd(raw, product, detector, isr_config: IsrConfig = IsrConfig(), det
     t1 = time.perf_counter()
     sources = None
     n_sources, psf = 0, None
-    if detect and image_category(info.image_type) == "science":
+    if detect and has_sources(info.image_type):
         try:
             from core import detect as det_mod
         except ImportError:
