@@ -52,6 +52,26 @@ def median_inplace(buf, n):
 
 
 @ngjit
+def median_from_hist(hist, lo, hi, n, c0=0):
+    """Median (in bin indices) of n entries counted in hist[lo:hi + 1], ``c0`` of them below:
+    the mean of the lower and upper middle ranks (one and the same when n is odd), in one walk
+    (the last bin when the counts run out)."""
+    k1 = (n - 1) // 2
+    k2 = n // 2
+    c = c0
+    a = hi
+    found = False
+    for i in range(lo, hi + 1):
+        c += hist[i]
+        if not found and c > k1:
+            a = i
+            found = True
+        if c > k2:
+            return 0.5 * (a + i)
+    return 0.5 * (a + hi)
+
+
+@ngjit
 def median_counting(row, hist):
     """Median of integer ``row`` by counting, when its range fits ``hist``; NaN otherwise.
 
@@ -74,20 +94,7 @@ def median_counting(row, hist):
         hist[i] = 0
     for i in range(n):
         hist[np.int64(row[i]) - lo] += 1
-    k1 = (n - 1) // 2  # lower and upper middle ranks (equal when n is odd)
-    k2 = n // 2
-    seen = 0
-    a = np.nan
-    for i in range(span):
-        c = hist[i]
-        if c == 0:
-            continue
-        if a != a and seen + c > k1:
-            a = float(lo + i)
-        if seen + c > k2:
-            return 0.5 * (a + float(lo + i))
-        seen += c
-    return a
+    return lo + median_from_hist(hist, 0, span - 1, n)
 
 
 @ngjit
@@ -101,28 +108,6 @@ def clipped_mean(values, centre, lim):
             s += values[i]
             c += 1
     return s / c if c > 0 else centre
-
-
-@ngjit
-def rank_in_hist(hist, lo, hi, k, c0=0):
-    """Value (bin index) of the k-th smallest (0-based) entry counted in hist[lo:hi + 1], with
-    ``c0`` entries below the histogram."""
-    c = c0
-    for i in range(lo, hi + 1):
-        c += hist[i]
-        if c > k:
-            return i
-    return hi
-
-
-@ngjit
-def median_from_hist(hist, lo, hi, n, c0=0):
-    """Median (in bin indices) of n entries counted in hist[lo:hi + 1], ``c0`` of them below."""
-    if n % 2 == 1:
-        return float(rank_in_hist(hist, lo, hi, n // 2, c0))
-    return 0.5 * (
-        rank_in_hist(hist, lo, hi, n // 2 - 1, c0) + rank_in_hist(hist, lo, hi, n // 2, c0)
-    )
 
 
 @ngjit

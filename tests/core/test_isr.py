@@ -227,3 +227,21 @@ def test_an_overview_grid_taken_over_starts_empty_and_leaves_the_old_one_unusabl
     assert old.sums is None and old.counts is None
     other = OverviewGrid.for_bounds((-2000.0, -800.0, 1000.0, 900.0), reuse=old)  # taken: new
     assert other.sums.shape != new.sums.shape and not other.sums.any()
+
+
+def test_medians_counted_in_a_histogram_are_numpy_medians():
+    """``median_from_hist`` (one walk; entries below the histogram too) and ``median_counting``
+    (a row counted into it) against ``np.median``, for odd and even counts."""
+    from core import _isr_kernels as k
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 7, 60, 61):
+        row = rng.integers(25000, 25040, size=n).astype(np.int32)
+        assert k.median_counting(row, np.empty(64, dtype=np.int64)) == np.median(row)
+        hist = np.bincount(row - 25000, minlength=40)
+        assert k.median_from_hist(hist, 0, 39, n) + 25000 == np.median(row)
+        below = rng.integers(0, 24990, size=n // 3)  # left out of the histogram, counted in c0
+        both = np.concatenate([below, row])
+        got = k.median_from_hist(hist, 0, 39, both.size, below.size) + 25000
+        assert got == max(np.median(both), 25000)  # a middle rank below the bins reads as bin 0
+    assert np.isnan(k.median_counting(np.array([0, 100], dtype=np.int32), np.empty(8, np.int64)))
