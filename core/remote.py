@@ -47,6 +47,8 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, WrapperStore
 
+from core.lazyzarr import blosc_frame_ok
+
 V2_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -238,22 +240,6 @@ def chunk_cache(s: RemoteSettings | None = None) -> ChunkCache | None:
 
 # ---------------------------------------------------------------------------------------------
 # Checks that a response is whole
-
-
-def blosc_frame_ok(data: bytes, expected_nbytes: int | None = None) -> str | None:
-    """None when ``data`` is a complete blosc frame, else what is wrong. The 16-byte header
-    carries the compressed size (``cbytes``) and the decoded size (``nbytes``)."""
-    if len(data) < 16:
-        return f"{len(data)} bytes, shorter than a blosc header"
-    nbytes = int.from_bytes(data[4:8], "little")
-    cbytes = int.from_bytes(data[12:16], "little")
-    if cbytes != len(data):
-        return f"{len(data)} bytes where the blosc header says {cbytes} (truncated)"
-    if expected_nbytes is not None and nbytes != expected_nbytes:
-        return (
-            f"blosc header says {nbytes} bytes decoded where the array's chunk is {expected_nbytes}"
-        )
-    return None
 
 
 @dataclass

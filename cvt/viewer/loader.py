@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
+from core.lazyzarr import read_chunk
 from cvt.display import apply_rects, colourise
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.stats import table_for, tile_samples
@@ -429,15 +430,15 @@ def read_tile(
         else:
             arr = images[key.source].level(key.level)
             src = layout.sources[key.source]
-        r0, r1, c0, c1 = src.tile_slices(key.level, key.ty, key.tx)
-        raw = arr[r0:r1, c0:c1]
+        raw = read_chunk(arr, (key.ty, key.tx))  # tiles are the stored chunks
     except Exception as exc:  # the store is remote or broken: draw it as absent, go on
         return Tile(key, None, absent=f"read error: {exc}")
-    data = np.asarray(raw, dtype=np.float32)
-    if key.source != OVERVIEW:
-        blank = not np.isfinite(data).any() if raw.dtype.kind == "f" else not raw.any()
-        if blank and not _chunk_exists(arr, key.ty, key.tx):
+    if raw is None:
+        if key.source != OVERVIEW:
             return Tile(key, None, absent="missing chunk")
+        r0, r1, c0, c1 = src.tile_slices(key.level, key.ty, key.tx)  # not written yet
+        raw = np.full((r1 - r0, c1 - c0), arr.fill_value, dtype=np.float32)
+    data = np.asarray(raw, dtype=np.float32)
     tile = Tile(key, data)
     rects = layout.rects(key)
     if key.source != OVERVIEW:
@@ -449,14 +450,3 @@ def read_tile(
         if colour is not None:
             tile.colour, tile.argb = colour[0], colourise(tile.index, colour[1])
     return tile
-
-
-def _chunk_exists(arr, ty: int, tx: int) -> bool:
-    """Whether a chunk is in the store (zarr returns the fill value for a missing one)."""
-    try:
-        from zarr.core.sync import sync
-
-        key = f"{arr.path}/c/{ty}/{tx}" if arr.path else f"c/{ty}/{tx}"
-        return bool(sync(arr.store.exists(key)))
-    except Exception:
-        return True

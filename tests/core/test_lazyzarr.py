@@ -77,3 +77,56 @@ def test_root_parse_lets_other_threads_run(store_path):
     # the stepwise parse lets it run again and again (counts, not times: noise-proof)
     print(f"beats: stepwise {stepwise}, one call {one_call}")
     assert stepwise > 5 and stepwise > 3 * one_call, (stepwise, one_call)
+
+
+# ---------------------------------------------------------------------------------------------
+# read_chunk: one chunk without zarr's event loop
+
+
+def test_every_chunk_reads_as_zarr_reads_it(store_path):
+    """Inner and edge chunks (clipped to the shape), integer and float, 2-D and 1-D."""
+    from core.lazyzarr import read_chunk
+
+    store = zarr.storage.LocalStore(str(store_path), read_only=True)
+    lazy, eager = open_group(store), zarr.open_group(store, mode="r")
+    for name, grid in (
+        ("detectors/A/0", [(0, 0), (0, 1), (1, 0), (1, 1)]),
+        ("detectors/A/1", [(0,)]),
+    ):
+        arr, want = lazy[name], eager[name]
+        for index in grid:
+            region = tuple(
+                slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, want.chunks, want.shape)
+            )
+            got = read_chunk(arr, index)
+            assert got.dtype == want.dtype and got.shape == want[region].shape
+            np.testing.assert_array_equal(got, want[region])
+
+
+def test_a_missing_chunk_is_none_and_a_damaged_one_an_error_naming_it(store_path):
+    from core.lazyzarr import read_chunk
+
+    (store_path / "detectors/A/0/c/1/1").unlink()
+    chunk = store_path / "detectors/A/0/c/0/1"
+    chunk.write_bytes(chunk.read_bytes()[:-100])
+    arr = open_group(zarr.storage.LocalStore(str(store_path), read_only=True))["detectors/A/0"]
+    assert read_chunk(arr, (1, 1)) is None
+    with pytest.raises(Exception, match="0/c/0/1"):
+        read_chunk(arr, (0, 1))
+    assert read_chunk(arr, (0, 0)).shape == (512, 512)
+
+
+def test_other_codecs_go_through_zarr_and_unwritten_chunks_are_none(tmp_path):
+    """An array written by zarr-python with another compressor (and its all-fill chunks left
+    out, as zarr does) reads the same, with the unwritten chunk told apart from data."""
+    from core.lazyzarr import read_chunk
+
+    root = zarr.open_group(str(tmp_path / "o.zarr"), mode="w")
+    a = root.create_array("a", shape=(600, 300), chunks=(256, 256), dtype="f4", fill_value=np.nan,
+                          compressors=zarr.codecs.ZstdCodec(level=1))  # fmt: skip
+    values = np.random.default_rng(1).normal(size=(600, 300)).astype("f4")
+    values[256:512, :256] = np.nan  # chunk (1, 0): all fill, not stored
+    a[:] = values
+    arr = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["a"]
+    np.testing.assert_array_equal(read_chunk(arr, (2, 1)), values[512:, 256:])
+    assert read_chunk(arr, (1, 0)) is None

@@ -24,6 +24,7 @@ import pytest
 from core import remote
 from core.exposure import ExposureError, list_exposures, open_exposure, write_table
 from core.ingest import ingest
+from core.lazyzarr import read_chunk
 from core.simulate import simulate_exposure
 from core.zarrio import Writer
 from cvt.server import STATS, BackgroundServer, Faults, make_app
@@ -174,6 +175,20 @@ class TestStores:
         url, options = source
         got = open_exposure(f"{url.rstrip('/')}/{OBSID}.zarr", storage_options=options)
         assert_same_exposure(got, local)
+
+    def test_chunks_read_directly_are_zarrs_and_a_missing_one_is_none(self, source, local):
+        """``read_chunk`` (the viewer's tile read) through each store kind."""
+        url, options = source
+        got = open_exposure(f"{url.rstrip('/')}/{OBSID}.zarr", storage_options=options)
+        name = local.detector_names[0]
+        for level in (0, 3):
+            arr, want = got.detector(name).level(level), local.detector(name).level(level)
+            ny, nx = (-(-s // c) for s, c in zip(want.shape, want.chunks))
+            for ty, tx in {(0, 0), (ny - 1, nx - 1)}:
+                (cy, cx), (sy, sx) = want.chunks, want.shape
+                region = np.s_[ty * cy : min(sy, (ty + 1) * cy), tx * cx : min(sx, (tx + 1) * cx)]
+                np.testing.assert_array_equal(read_chunk(arr, (ty, tx)), want[region])
+        assert read_chunk(got.detector(name).level(0), (99, 99)) is None
 
     def test_missing_exposure_is_a_clear_error(self, source):
         url, options = source
