@@ -516,13 +516,21 @@ def _card_value(text: str) -> object:
     return None
 
 
+# the keys as they stand in a card, blank-padded to 8 bytes: one dictionary lookup a card
+_PADDED_KEYS = {k.ljust(8).encode("ascii"): k for k in _STRUCTURE_KEYS}
+_END_CARD = b"END     "
+
+
 def _structure_cards(raw: bytes) -> dict[str, object]:
     values: dict[str, object] = {}
     for i in range(0, len(raw), CARD):
-        key = raw[i : i + 8].rstrip().decode("ascii", "replace")
-        if key == "END":
-            break
-        if key in _STRUCTURE_KEYS and raw[i + 8 : i + 10] == b"= " and key not in values:
+        padded = raw[i : i + 8]
+        key = _PADDED_KEYS.get(padded)
+        if key is None:
+            if padded == _END_CARD:
+                break
+            continue
+        if raw[i + 8 : i + 10] == b"= " and key not in values:
             values[key] = _card_value(raw[i + 10 : i + CARD].decode("ascii", "replace"))
     return values
 
@@ -603,7 +611,13 @@ def _data_size(cards: dict[str, object]) -> int:
 
 
 def _has_end(block: bytes | bytearray) -> bool:
-    return any(block[i : i + 8] == b"END     " for i in range(0, BLOCK, CARD))
+    """Whether a header block holds the END card (at a card's start, not inside a value)."""
+    i = block.find(_END_CARD)
+    while i >= 0:
+        if i % CARD == 0:
+            return True
+        i = block.find(_END_CARD, i + 1)
+    return False
 
 
 def _read_hdu(data: _Bytes, offset: int, index: int, name: str, *, need_data: bool) -> _HDU:

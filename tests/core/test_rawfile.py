@@ -632,3 +632,46 @@ def test_header_dumps_identify(obs_lsst):
         assert obsid[:2] in ("MC", "CC", "AT", "TS", "IM"), path.name
         seen += 1
     assert seen >= 45
+
+
+def _structure_reference(header: fits.Header) -> dict:
+    """What ``_structure_cards`` must give: astropy's value of each structural key present."""
+    from core.rawfile import _STRUCTURE_KEYS
+
+    out = {}
+    for card in header.cards:
+        if card.keyword in _STRUCTURE_KEYS and card.keyword not in out:
+            out[card.keyword] = card.value
+    return out
+
+
+def test_structure_cards_and_end_card_against_astropy():
+    """The quick card scan finds the structural keys as astropy reads them, not keys that only
+    start alike or text that looks like a key or END inside another card."""
+    from core.rawfile import BLOCK, _has_end, _structure_cards
+
+    h = fits.Header()
+    h["SIMPLE"] = True
+    h["BITPIX"] = 32
+    h["NAXIS"] = 2
+    h["NAXIS1X"] = 7  # starts like NAXIS1, and comes first
+    h["COMMENTS"] = "NAXIS1  = 99 END     and BITPIX  = 8"
+    h["NAXIS1"] = 576
+    h["NAXIS2"] = 2048
+    h["EXTNAME"] = "Segment10"
+    h["BZERO"] = 131072.0
+    raw = h.tostring().encode()
+    assert _structure_cards(raw) == _structure_reference(h)
+    assert _has_end(raw[-BLOCK:]) and not _has_end(b"X" * 3 + b"END     " + b" " * (BLOCK - 11))
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", sorted(REAL)[:3])
+def test_structure_cards_of_real_headers(obs_lsst, name):
+    from core.rawfile import _structure_cards
+
+    data = gzip.decompress((obs_lsst / "raw" / name).read_bytes())
+    with fits.open(io.BytesIO(data)) as hdul:
+        for hdu in hdul:
+            raw = hdu.header.tostring().encode()
+            assert _structure_cards(raw) == _structure_reference(hdu.header), hdu.name
