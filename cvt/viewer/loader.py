@@ -16,6 +16,7 @@ costs the GUI thread only a ``setImage``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -37,6 +38,46 @@ from cvt.viewer.stats import table_for, tile_samples
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey
 
 WORKER_NICE = 10  # scheduling priority of the worker threads, below the GUI thread's
+DELIVERY_BUDGET_S = 0.006  # GUI-thread time spent on arrived results before other events
+
+
+class Inbox(QObject):
+    """Results from the workers, handled on the GUI thread in order, a slice of at most
+    ``DELIVERY_BUDGET_S`` at a time.
+
+    Each result arrives as a queued signal, and Qt handles every posted event (each of them,
+    and the repaints they ask for) before it looks at its timers or input again: a burst of
+    tiles (a level re-stretched, a fly's tiles coming in together) held the GUI thread for
+    their sum. Here arrival only queues the result; a zero timer handles what fits in the
+    budget, and comes back after the other events for the rest."""
+
+    def __init__(self, handler: Callable, parent: QObject | None = None):
+        super().__init__(parent)
+        self._handler = handler
+        self._items: collections.deque = collections.deque()
+        self._timer = QTimer(self, singleShot=True, interval=0)
+        self._timer.timeout.connect(self._drain)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _drain(self) -> None:
+        deadline = time.perf_counter() + DELIVERY_BUDGET_S
+        while self._items:
+            item = self._items.popleft()
+            try:
+                self._handler(item)
+            except Exception:  # as a slot's exception: reported, the next ones still handled
+                traceback.print_exc()
+            if time.perf_counter() >= deadline:
+                break
+        if self._items:
+            self._timer.start()
 
 
 def worker_threads() -> int:
@@ -94,7 +135,8 @@ class TaskRunner(QObject):
         self._lock = threading.Lock()
         # queued even when emitted on the GUI thread (a future already done when its callback
         # is added calls it at once): a result is never delivered inside ``submit``
-        self._finished.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
+        self._inbox = Inbox(self._deliver, self)
+        self._finished.connect(self._inbox.put, Qt.ConnectionType.QueuedConnection)
 
     @property
     def closed(self) -> bool:
@@ -222,7 +264,8 @@ class TileLoader(QObject):
         self._retry_timer = QTimer(self, singleShot=True)
         self._retry_timer.timeout.connect(self._retry_due)
         self._readers = 0  # io tasks reading queued tiles
-        self._response.connect(self._on_response)
+        self._inbox = Inbox(self._on_response, self)
+        self._response.connect(self._inbox.put)
 
     # --- configuration (GUI thread)
 
