@@ -3,7 +3,8 @@
 ``DaskExecutor`` makes an existing cluster (``distributed.Client(address)``) look like the
 ``concurrent.futures`` executor the ingest and the watcher already drive: ``submit`` returns a
 plain ``concurrent.futures.Future`` (so ``wait(..., FIRST_COMPLETED)`` works unchanged) and
-``_max_workers`` is the cluster's thread count (the ingest keeps twice that many CCDs in flight).
+``_max_workers`` is the cluster's thread count (``core.ingest.in_flight_limit`` keeps four
+CCDs a thread in flight).
 
 What a deployment needs (README, "Deployment"): every worker runs the same CVT version (checked
 when the executor starts) and sees the repository at the same path as the process that submits

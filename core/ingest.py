@@ -385,6 +385,22 @@ def record_in_catalog(
     return None
 
 
+# CCD tasks kept submitted per worker: the queue the workers draw on while the submitting thread
+# does something else. The watcher's thread rewrites the overview for 0.1-0.6 s at a time
+# (renames waiting behind the workers' writes); with two tasks a worker (one running, one
+# waiting: ~0.3 s of work) its workers ran dry during the longer ones. Only a task's arguments
+# wait in the pool: memory stays bounded.
+IN_FLIGHT_PER_WORKER = 4
+
+
+def in_flight_limit(executor) -> int:
+    """How many CCD tasks to keep submitted to ``executor`` (None: run here, one at a time).
+    Asks a Dask cluster its size (a round trip): once per round of submissions."""
+    if executor is None:
+        return 1
+    return IN_FLIGHT_PER_WORKER * max(1, getattr(executor, "_max_workers", 2))
+
+
 def ingest_exposure(
     obsid: str,
     infos: list[RawInfo],
@@ -430,7 +446,7 @@ def ingest_exposure(
                 collect(_ingest_ccd(path, *args))
         else:
             in_flight = set()
-            limit = 2 * max(1, getattr(executor, "_max_workers", 2))
+            limit = in_flight_limit(executor)
             for path in paths:
                 if len(in_flight) == limit:
                     load_overview_kernels()  # the workers have their first CCDs meanwhile

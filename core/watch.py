@@ -53,6 +53,7 @@ from core.ingest import (
     CcdResult,
     _ingest_ccd,
     exposure_summary,
+    in_flight_limit,
     record_in_catalog,
 )
 from core.rawfile import RawFileError, RawInfo, read_raw_header
@@ -65,11 +66,6 @@ STATE_DIR = ".watch"
 # that the root's JSON is kept between refreshes, they would otherwise come at every poll).
 REFRESH_EVERY = 1.0
 FAILURE_LOG = "watch-failures.jsonl"
-# CCD tasks submitted per worker: the queue the workers draw on while this thread is busy
-# elsewhere. A refresh of a full camera's overview takes 0.1-0.6 s (renames waiting behind the
-# workers' writes); with two tasks a worker (one running, one waiting: ~0.3 s of work) the
-# workers ran dry during the longer ones. Only the task's arguments wait: memory stays bounded.
-IN_FLIGHT_PER_WORKER = 4
 READY, WAITING, BAD = "ready", "waiting", "bad"
 
 
@@ -618,13 +614,11 @@ class Watcher:
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def _limit(self) -> int:
-        if self.executor is None:
-            return 1
-        return IN_FLIGHT_PER_WORKER * max(1, getattr(self.executor, "_max_workers", 2))
-
     def _submit(self) -> None:
-        while self.queue and len(self.futures) < self._limit():
+        if not self.queue:
+            return
+        limit = in_flight_limit(self.executor)
+        while self.queue and len(self.futures) < limit:
             info, mtime, size = self.queue.pop(0)
             e = self.filling[info.obsid]
             grid = e.collector.grid
