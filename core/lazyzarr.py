@@ -16,6 +16,7 @@ import os
 import numcodecs.blosc
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.array import Array, AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
@@ -130,8 +131,6 @@ def blosc_frame_ok(data: bytes, expected_nbytes: int | None = None) -> str | Non
 def _blosc_or_plain(arr) -> bool:
     """Whether ``arr``'s chunks are stored as ``core.zarrio`` writes them: little-endian bytes,
     then blosc or nothing (so a chunk is one blosc frame, or the raw bytes)."""
-    from zarr.codecs import BloscCodec, BytesCodec
-
     codecs = getattr(arr.metadata, "codecs", ())
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return False
