@@ -1,0 +1,6 @@
+"""``python -m cvt``: the ``cvt`` command, for a checkout or an environment without the script."""
+
+from cvt.cli import main
+
+if __name__ == "__main__":
+    main()
