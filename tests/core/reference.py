@@ -24,6 +24,18 @@ def serial_overscan_rows(segments, ox0, ox1, clip=3.0):
     return np.stack([robust_rows(seg[:, ox0:ox1], clip) for seg in segments])
 
 
+def parallel_overscan_cols(segments, row_bias, datasec, skip_first=3, clip=3.0):
+    """Per amp and data column, the robust mean of the parallel overscan rows (after the first
+    ``skip_first``), each row less its rounded serial bias: the columns as the rows of a block."""
+    x0, x1, _, y1 = datasec
+    out = []
+    for seg, rb in zip(segments, row_bias):
+        rows = seg[y1 + skip_first :, x0:x1].astype(np.float64)
+        rows -= np.rint(rb[y1 + skip_first :]).astype(np.float64)[:, None]
+        out.append(robust_rows(rows.T, clip))
+    return np.stack(out)
+
+
 def assemble(segments, datasec, vendor, row_bias=None):
     """Trim, subtract rint(row bias), flip, place: the rule of CAMERA.md written out plainly."""
     x0, x1, y0, y1 = datasec
