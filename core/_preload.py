@@ -19,6 +19,11 @@ Nothing here may raise: the forkserver would die with it (it forgives only Impor
 from __future__ import annotations
 
 import contextlib
+import signal
+
+# Ctrl-C is for the ingest to handle (core.ingest), not for its pool: the forkserver ignores it
+# only once this preload is done, and its workers take their handlers from it
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 with contextlib.suppress(Exception):  # a worker then imports as it always could
     from core import ingest  # noqa: F401  (the import is the point)

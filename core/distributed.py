@@ -18,8 +18,10 @@ and only when a scheduler address is given.
 
 from __future__ import annotations
 
+import signal
 import threading
 from concurrent.futures import Future
+from contextlib import contextmanager
 
 from core import __version__
 
@@ -111,6 +113,27 @@ class DaskExecutor:
             self.client.close()
 
 
+@contextmanager
+def interrupts_held():
+    """Ctrl-C (SIGINT) or SIGTERM while the block runs takes effect, as it would have, when the
+    block ends (main thread only). A local pool starts a worker inside ``submit``,
+    which waits for the forkserver (for its imports, the first second or two); interrupted
+    there, the worker was left half-started and printed a traceback once the ingest had gone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if caught:
+        signal.raise_signal(caught[0])
+
+
 def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     """The executor of an ingest: a Dask cluster when ``scheduler`` is given, else a local
     process pool of ``workers`` (default: one per core), or None to run in this process (one
@@ -123,7 +146,7 @@ def make_executor(scheduler: str | None, workers: int | None, n_tasks: int = 2):
     if not workers:
         return None
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=start_local_workers(), initializer=keep_freed_memory
+        max_workers=workers, mp_context=start_local_workers(), initializer=init_worker
     )
 
 
@@ -149,6 +172,38 @@ def start_local_workers():
     context.set_forkserver_preload(["core._preload"])
     forkserver.ensure_running()
     return context
+
+
+def init_worker() -> None:
+    """A local ingest worker: Ctrl-C is the submitting process's to handle (it lets the CCDs
+    that run finish, then removes the unpublished exposure), not every worker's traceback; the
+    worker ends with the process it was forked from; and freed memory is kept for the next CCD."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent()
+    keep_freed_memory()
+
+
+def end_with_parent() -> None:
+    """End this worker when the process that started it (the ingest) ends. A pool's workers
+    are forked from the forkserver, and each holds the pipe whose closing would end the
+    forkserver, so an ingest killed outright (kill -9, the OOM killer) left its idle workers and
+    the forkserver waiting for work forever, holding its terminal's pipes. A thread waits on the
+    ingest's end of the pipe the worker was started through (multiprocessing's parent sentinel)."""
+    import multiprocessing
+    import os
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def wait_for_the_parent() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=wait_for_the_parent, name="end-with-parent", daemon=True).start()
 
 
 def keep_freed_memory() -> None:

@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -315,6 +316,45 @@ def write_table(
 # Publication
 
 
+PARTIAL = ".zarr.partial-"  # a hidden exposure being written: .<OBSID>.zarr.partial-<owner>
+
+
+def partial_path(repo: Path, obsid: str) -> Path:
+    """Where an exposure is written before it is published: a hidden folder named after its
+    owner (host and process), so that one left by a killed ingest can be told from one that is
+    still being written (``remove_abandoned``)."""
+    owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return repo / f".{obsid}{PARTIAL}{owner}"
+
+
+def remove_abandoned(repo: str | os.PathLike) -> list[Path]:
+    """Remove the unpublished exposures in ``repo`` whose writer was a process of this host that
+    has ended (killed, or the machine restarted): a killed ingest leaves its partial folder,
+    ~30 MB a CCD, and nothing else would ever remove it. Partial folders of other hosts, of
+    living processes or of unknown owners are left alone. Returns what was removed."""
+    repo = Path(repo)
+    host = socket.gethostname()
+    removed = []
+    for path in repo.glob(f".*{PARTIAL}*"):
+        owner = path.name.split(PARTIAL, 1)[1]
+        owner_host, _, pid = owner.rsplit("-", 1)[0].rpartition("-")
+        if owner_host != host or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class ExposureBuilder:
     """Writes one exposure into a hidden folder of the repository and publishes it atomically
     by a rename: a reader sees either nothing or the whole, complete exposure."""
@@ -329,20 +369,32 @@ class ExposureBuilder:
                 "(exposures are written once; pass --replace to write it again)"
             )
         self.repo.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.repo / f".{obsid}.zarr.partial-{uuid.uuid4().hex[:8]}"
+        self.replace = replace
+        self.tmp = partial_path(self.repo, obsid)
         self.writer = Writer(str(self.tmp))
         self.writer.group("", {"cvt": {"obsid": obsid, "complete": False}})
         self.writer.group("detectors")
 
     def publish(self, attributes: dict, nodes: dict[str, dict]) -> Path:
+        """Write the root and rename the exposure into place. Without ``replace`` the rename
+        itself is the check (it fails onto an existing store), so an exposure that another
+        ingest or a watcher published meanwhile is never overwritten."""
         self.writer.consolidate({"cvt": attributes}, nodes)
-        if self.final.exists():
+        if self.replace and self.final.exists():
             trash = self.repo / f".{self.obsid}.zarr.replaced-{uuid.uuid4().hex[:8]}"
             os.rename(self.final, trash)
             os.rename(self.tmp, self.final)
             shutil.rmtree(trash, ignore_errors=True)
-        else:
+            return self.final
+        try:
             os.rename(self.tmp, self.final)
+        except OSError as exc:
+            if not self.final.exists():
+                raise
+            raise ExposureError(
+                f"{self.final}: exposure {self.obsid} was published by someone else while "
+                "this ingest ran (exposures are written once; pass --replace to write it again)"
+            ) from exc
         return self.final
 
     def abandon(self) -> None:
@@ -395,7 +447,7 @@ class PartialExposure:
         if part.path.exists():
             raise ExposureError(f"{part.path}: exposure {obsid} is already in the repository")
         part.repo.mkdir(parents=True, exist_ok=True)
-        tmp = part.repo / f".{obsid}.zarr.partial-{uuid.uuid4().hex[:8]}"
+        tmp = partial_path(part.repo, obsid)
         w = Writer(str(tmp))
         w.group("detectors")
         w.consolidate({"cvt": attributes}, w.nodes)

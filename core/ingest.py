@@ -1,8 +1,10 @@
 """Raw CCD files to exposure stores: group by exposure, one task per CCD, publish atomically.
 
 A bad CCD file never stops an exposure: its failure is recorded in the exposure's attributes
-(file and reason) and the other CCDs go on. Memory is bounded: at most ``2 * workers`` CCDs are
-in flight whatever the size of the exposure.
+(file and reason) and the other CCDs go on. Memory is bounded: at most ``in_flight_limit`` CCD
+tasks are submitted at a time whatever the size of the exposure. An ingest that is interrupted
+publishes nothing of the exposure it was writing: the CCDs running finish, then the partial
+folder goes (one left by a killed ingest is removed by the next, ``remove_abandoned``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from core import assembly, isr, metrics
 from core.camera import Camera, load_camera
-from core.distributed import make_executor
+from core.distributed import interrupts_held, make_executor
 from core.exposure import (
     DetectorProduct,
     ExposureBuilder,
@@ -30,6 +32,7 @@ from core.exposure import (
     OverviewGrid,
     exposure_attributes,
     load_overview_kernels,
+    remove_abandoned,
     write_detector,
     write_overview,
     write_table,
@@ -401,13 +404,19 @@ def in_flight_limit(executor) -> int:
     return IN_FLIGHT_PER_WORKER * max(1, getattr(executor, "_max_workers", 2))
 
 
+def _let_running_tasks_end(futures) -> None:
+    """Cancel the tasks that have not started and wait for those that run (a CCD, < 1 s)."""
+    for f in futures:
+        f.cancel()
+    wait(futures)
+
+
 def ingest_exposure(
     obsid: str,
     infos: list[RawInfo],
     repo: str | os.PathLike,
     *,
     replace: bool = False,
-    workers: int | None = None,
     config: isr.IsrConfig = isr.IsrConfig(),
     progress: Callable[[str, int, int], None] | None = None,
     executor=None,
@@ -440,12 +449,12 @@ def ingest_exposure(
         if progress:
             progress(obsid, len(collected.detectors) + len(collected.failures), len(infos))
 
+    in_flight: set = set()
     try:
         if executor is None:
             for path in paths:
                 collect(_ingest_ccd(path, *args))
         else:
-            in_flight = set()
             limit = in_flight_limit(executor)
             for path in paths:
                 if len(in_flight) == limit:
@@ -454,7 +463,8 @@ def ingest_exposure(
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     for f in done:
                         collect(f.result())
-                in_flight.add(executor.submit(_ingest_ccd, path, *args))
+                with interrupts_held():  # not while a worker is being started
+                    in_flight.add(executor.submit(_ingest_ccd, path, *args))
             for f in in_flight:
                 collect(f.result())
         if not collected.detectors:
@@ -466,6 +476,7 @@ def ingest_exposure(
         )
         path = builder.publish(attrs, collected.nodes)
     except BaseException:
+        _let_running_tasks_end(in_flight)  # they write into the partial folder until they end
         builder.abandon()
         raise
     record_in_catalog(repo, path, attrs, collected.written_tables)
@@ -498,6 +509,9 @@ def ingest(
     (``tcp://host:8786``) runs the CCD tasks on that Dask cluster instead (``core.distributed``).
     """
     files = find_raw_files(inputs)
+    if Path(repo).is_dir():
+        for path in remove_abandoned(repo):
+            log.warning("%s: removed, left unpublished by an ingest that was killed", path)
     # the workers start (and load their kernels) while the headers are read
     executor = make_executor(scheduler, workers, len(files))
     reports = []
@@ -517,7 +531,10 @@ def ingest(
                         measure=measure,
                     )
                 )
-            except ExposureError as exc:
+            except Exception as exc:  # one exposure's failure never stops the others
+                if not isinstance(exc, ExposureError):
+                    log.exception("%s: ingest failed", obsid)
+                    exc = f"{obsid}: {type(exc).__name__}: {exc}"
                 reports.append(
                     ExposureReport(obsid, None, [], [{"file": str(repo), "reason": str(exc)}], 0.0)
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -35,7 +36,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
+    # a kill (SIGTERM) ends the ingest as Ctrl-C does: the running CCDs end, the exposure being
+    # written is removed unpublished, the ones already published stay
+    signal.signal(signal.SIGTERM, _interrupt)
     if not args.scheduler and local_workers(args.workers, 2 if _several(args.inputs) else 1):
         # the local workers' forkserver imports the ingest (~2 s) while this process does too
         # and reads the headers: the first CCDs start ~1 s sooner

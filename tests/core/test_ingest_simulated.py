@@ -200,3 +200,28 @@ def test_cvt_ingest_as_the_program_leaves_everything_written(simulated, tmp_path
     (row,) = query_exposures(tmp_path / "repo")
     assert row["obsid"] == "MC_O_20261125_000001"
     assert open_exposure(tmp_path / "repo" / "MC_O_20261125_000001.zarr").complete
+
+
+def test_parallel_overscan_ingest_keeps_the_raw_exact(simulated, tmp_path):
+    """``--parallel-overscan``: each data column is corrected by its parallel bias too, the store
+    keeps that bias, and the raw segments still come back bit for bit."""
+    sim = simulated[0]
+    path = Path(sim.outdir) / f"{sim.obsid}_R22_S11.fits"
+    reports, _ = ingest([path], tmp_path / "repo", workers=1, config=IsrConfig(parallel=True))
+    det = open_exposure(reports[0].path).detector("R22_S11")
+    raw = read_raw(path)
+    np.testing.assert_array_equal(det.raw_segments(), raw.segments)
+    serial = ref.serial_overscan_rows(raw.segments, 522 + 3, 576 - 2)  # E2V, edges skipped
+    want = ref.parallel_overscan_cols(raw.segments, serial, raw.datasec)
+    np.testing.assert_allclose(det.col_bias, want, rtol=0, atol=1e-3)
+    assert np.abs(det.col_bias).max() > 0.1  # not all zero: the correction ran
+    amp = next(a for a in det.amps if a["name"] == "C00")  # E2V C00: not flipped, not turned
+    i = [a["name"] for a in det.amps].index("C00")
+    x0, _, y0, _ = raw.datasec
+    v, u = 100, 200
+    want_value = raw.segments[i, y0 + v, x0 + u] - np.rint(det.row_bias[i, y0 + v]) - np.rint(
+        det.col_bias[i, u]
+    )
+    level0 = det.level(0)[:]
+    ccd = np.rot90(level0, -det.quarter_turns, axes=(1, 0))
+    assert ccd[amp["y0"] + v, amp["x0"] + u] == want_value
