@@ -284,18 +284,18 @@ def record_exposure(repo: str | os.PathLike, exposure) -> None:
 
 
 def rebuild(repo: str | os.PathLike, progress=None) -> int:
-    """The catalog made again from the exposure stores of a local repository, in one
+    """The catalog made again from the exposure stores of a repository, in one
     transaction (readers see the old catalog until it commits). Returns the exposures listed.
     Exposures still filling (``cvt watch``: ``complete: false``) are left out; they are
     recorded when they complete."""
     from core.exposure import ExposureError, list_exposures, open_exposure
 
-    root = _local(repo)
+    root = repo if _is_url(repo) else _local(repo)
     names = list_exposures(root)
     rows = []
     for i, name in enumerate(names):
         try:
-            exp = open_exposure(root / f"{name}.zarr")
+            exp = open_exposure(f"{os.fspath(root).rstrip('/')}/{name}.zarr")
         except ExposureError as exc:
             log.warning("catalog rebuild: %s", exc)
             continue
@@ -315,7 +315,13 @@ def rebuild(repo: str | os.PathLike, progress=None) -> int:
 @contextlib.contextmanager
 def _transaction(repo):
     """A connection in one write transaction: committed (and checkpointed) when the block ends,
-    rolled back if it raises."""
+    rolled back if it raises. A repository in an object store (no SQLite there) has its
+    catalog fetched, changed here and put back whole (one writer at a time: the ingest or the
+    watcher of that repository; ``rebuild`` makes it again from the stores)."""
+    if _is_url(repo):
+        with _object_store_copy(os.fspath(repo)) as local, _transaction(local) as db:
+            yield db
+        return
     db = connect(repo)
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -328,6 +334,26 @@ def _transaction(repo):
         _checkpoint(db)
     finally:
         db.close()
+
+
+@contextlib.contextmanager
+def _object_store_copy(repo: str):
+    """A temporary folder holding the object store's catalog (or none yet), put back after."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(repo)
+    key = f"{root.rstrip('/')}/{CATALOG_NAME}"
+    with tempfile.TemporaryDirectory(prefix="cvt-catalog-") as tmp:
+        local = Path(tmp) / CATALOG_NAME
+        with contextlib.suppress(FileNotFoundError):
+            local.write_bytes(fs.cat_file(key))
+        yield Path(tmp)
+        db = sqlite3.connect(local)
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the one file
+        finally:
+            db.close()
+        fs.pipe_file(key, local.read_bytes())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ documented for other implementers in the README ("The exposure format"); in shor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -399,6 +400,55 @@ class ExposureBuilder:
 
     def abandon(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def is_local(repo: str | os.PathLike) -> bool:
+    """A folder (or ``file://`` URL), not an object store or a server."""
+    text = os.fspath(repo)
+    return "://" not in text or text.startswith("file://")
+
+
+class ObjectStoreExposureBuilder:
+    """``ExposureBuilder`` for a repository in an object store (any writable fsspec URL: S3,
+    GCS, Azure...), which has no rename. The exposure is written at its final name from the
+    start, as ``cvt watch`` fills one: its root says ``complete: false`` until ``publish``
+    replaces it (one PUT, atomic) with the full one, so a reader sees a filling exposure, never
+    a half-written one as complete. ``abandon`` removes it. ``replace`` removes the old one
+    first: it is gone while the new one is written."""
+
+    def __init__(self, repo: str, obsid: str, replace: bool = False):
+        self.fs, root = fsspec.core.url_to_fs(repo)
+        self.obsid = obsid
+        self.final = f"{repo.rstrip('/')}/{obsid}.zarr"
+        self._prefix = f"{root.rstrip('/')}/{obsid}.zarr"
+        if self.fs.exists(f"{self._prefix}/{ZARR_JSON}"):
+            if not replace:
+                raise ExposureError(
+                    f"{self.final}: exposure {obsid} is already in the repository "
+                    "(exposures are written once; pass --replace to write it again)"
+                )
+            self.fs.rm(self._prefix, recursive=True)
+        self.tmp = self.final  # where the CCD tasks write
+        self.writer = Writer(self._prefix, self.fs)
+        self.writer.group("detectors")
+        self.writer.consolidate({"cvt": {"obsid": obsid, "complete": False}})
+
+    def publish(self, attributes: dict, nodes: dict[str, dict]) -> str:
+        self.writer.consolidate({"cvt": attributes}, nodes)
+        return self.final
+
+    def abandon(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._prefix, recursive=True)
+
+
+def exposure_builder(repo: str | os.PathLike, obsid: str, replace: bool = False):
+    """The builder of one exposure in ``repo``: a folder (``ExposureBuilder``, published by a
+    rename) or an object store (``ObjectStoreExposureBuilder``)."""
+    if is_local(repo):
+        local = os.fspath(repo).removeprefix("file://")
+        return ExposureBuilder(local, obsid, replace)
+    return ObjectStoreExposureBuilder(os.fspath(repo), obsid, replace)
 
 
 class _ReplacingWriter(Writer):

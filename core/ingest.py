@@ -27,10 +27,11 @@ from core.camera import Camera, load_camera
 from core.distributed import interrupts_held, make_executor
 from core.exposure import (
     DetectorProduct,
-    ExposureBuilder,
     ExposureError,
     OverviewGrid,
     exposure_attributes,
+    exposure_builder,
+    is_local,
     load_overview_kernels,
     remove_abandoned,
     write_detector,
@@ -426,7 +427,7 @@ def ingest_exposure(
     ``measure``, no per-amp metrics or sources (the pixels alone, e.g. to time them)."""
     t_start = time.perf_counter()
     camera = load_camera(infos[0].camera)
-    builder = ExposureBuilder(repo, obsid, replace=replace)
+    builder = exposure_builder(repo, obsid, replace=replace)
     collected = CcdCollector(camera)
     grid = collected.grid
     seen: dict[str, str] = {}
@@ -509,7 +510,7 @@ def ingest(
     (``tcp://host:8786``) runs the CCD tasks on that Dask cluster instead (``core.distributed``).
     """
     files = find_raw_files(inputs)
-    if Path(repo).is_dir():
+    if is_local(repo) and Path(repo).is_dir():
         for path in remove_abandoned(repo):
             log.warning("%s: removed, left unpublished by an ingest that was killed", path)
     # the workers start (and load their kernels) while the headers are read
