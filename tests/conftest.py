@@ -15,3 +15,25 @@ def obs_lsst() -> Path:
     if not SHARED.is_dir():
         pytest.skip("real Rubin data (../shared/data/obs_lsst) is not present")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    """moto's S3 server on loopback (a real S3 HTTP server, in a thread): the s3fs
+    ``storage_options`` that reach it and the same as the standard AWS variables (for processes
+    that get no options, such as ingest workers)."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+    env = {
+        "AWS_ENDPOINT_URL": options["endpoint_url"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    yield options, env
+    server.stop()

@@ -21,24 +21,27 @@ DETECTORS = ["R22_S11", "R00_SG0"]
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server with an empty bucket; the standard AWS variables that reach it."""
-    pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
+def s3(moto_s3):
+    """An empty bucket; the standard AWS variables and the s3fs options that reach it."""
+    import s3fs
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    options = {"endpoint_url": env["AWS_ENDPOINT_URL"], "key": "testing", "secret": "testing"}
+    options, env = moto_s3
     s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("cvt-bucket")
-    yield env, options
-    server.stop()
+    return env, options
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch):
+    """The standard AWS variables set in this process too (s3fs without options), and no s3fs
+    instance kept from before them."""
+    import s3fs
+
+    env, _ = s3
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
@@ -85,47 +88,32 @@ def test_cvt_ingest_into_s3_with_worker_processes_equals_a_folder(s3, raw, tmp_p
     assert "already in the repository" in again.stderr
 
 
-def test_an_object_store_exposure_is_filling_until_published_and_gone_if_abandoned(s3):
-    env, options = s3
-    os.environ.update(env)  # s3fs in this process: the same variables as the workers
-    try:
-        url = "s3://cvt-bucket/filling"
-        builder = exposure_builder(url, "XX_C_20990101_000001")
-        seen = open_exposure(builder.final, storage_options=options)
-        assert not seen.complete  # visible as it fills, never as complete
-        builder.publish(
-            {"obsid": "XX_C_20990101_000001", "complete": True}, builder.writer.nodes
-        )
-        assert open_exposure(builder.final, storage_options=options).complete
-        with pytest.raises(ExposureError, match="already in the repository"):
-            exposure_builder(url, "XX_C_20990101_000001")
+def test_an_object_store_exposure_is_filling_until_published_and_gone_if_abandoned(s3, aws_env):
+    _, options = s3
+    url = "s3://cvt-bucket/filling"
+    builder = exposure_builder(url, "XX_C_20990101_000001")
+    seen = open_exposure(builder.final, storage_options=options)
+    assert not seen.complete  # visible as it fills, never as complete
+    builder.publish({"obsid": "XX_C_20990101_000001", "complete": True}, builder.writer.nodes)
+    assert open_exposure(builder.final, storage_options=options).complete
+    with pytest.raises(ExposureError, match="already in the repository"):
+        exposure_builder(url, "XX_C_20990101_000001")
 
-        gone = exposure_builder(url, "XX_C_20990101_000002")
-        gone.abandon()
-        assert list_exposures(url, storage_options=options) == ["XX_C_20990101_000001"]
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    gone = exposure_builder(url, "XX_C_20990101_000002")
+    gone.abandon()
+    assert list_exposures(url, storage_options=options) == ["XX_C_20990101_000001"]
 
 
-def test_the_catalog_of_an_object_store_repository(s3, raw):
+def test_the_catalog_of_an_object_store_repository(aws_env, raw):
     """Written beside the exposures (fetched, changed, put back) and read like any remote one;
     nothing lands in a local folder named after the URL."""
     from core.catalog import query_exposures, rebuild
 
-    env, options = s3
-    os.environ.update(env)
-    try:
-        url = "s3://cvt-bucket/catalogued"
-        (report,), _ = ingest([raw], url, workers=1)
-        assert report.ok
-        (row,) = query_exposures(url)
-        assert row["obsid"] == report.obsid and row["n_detectors"] == len(DETECTORS)
-        assert rebuild(url) == 1
-        assert [r["obsid"] for r in query_exposures(url)] == [
-            report.obsid
-        ]
-        assert not Path("s3:").exists()
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
+    url = "s3://cvt-bucket/catalogued"
+    (report,), _ = ingest([raw], url, workers=1)
+    assert report.ok
+    (row,) = query_exposures(url)
+    assert row["obsid"] == report.obsid and row["n_detectors"] == len(DETECTORS)
+    assert rebuild(url) == 1
+    assert [r["obsid"] for r in query_exposures(url)] == [report.obsid]
+    assert not Path("s3:").exists()

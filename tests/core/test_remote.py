@@ -130,25 +130,15 @@ def served(repo):
 
 
 @pytest.fixture(scope="module")
-def s3(repo):
+def s3(repo, moto_s3):
     """moto's S3 server on loopback, the repository uploaded with s3fs."""
-    pytest.importorskip("moto.server")
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
+    import s3fs
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "endpoint_url": f"http://{host}:{port}",
-        "key": "testing",
-        "secret": "testing",
-    }
+    options, _ = moto_s3
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
     fs.mkdir("cvt-repo")
     fs.put(str(repo / f"{OBSID}.zarr"), f"cvt-repo/{OBSID}.zarr", recursive=True)
-    yield options
-    server.stop()
+    return options
 
 
 # ---------------------------------------------------------------------------------------------
