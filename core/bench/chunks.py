@@ -1,9 +1,15 @@
-"""How the level arrays are chunked, chosen by measurement: local disk and HTTP with latency.
+"""How the level arrays are encoded and chunked, chosen by measurement (``cvt bench store``).
 
-For each candidate chunk size, one simulated CCD is written with our writer, then read three
-ways: a whole level 0 from local disk (what the ingest and ``cvt check`` do), and a viewer's
-zoomed viewport (1600 x 1000 screen pixels at level 0 and at level 2) over HTTP from a loopback
-server that adds a fixed delay to every request, with the concurrency the viewer uses.
+The data are one simulated science CCD (an E2V CCD of the simulator: sky, stars, cosmic rays,
+read noise) after the ingest's own ISR: its level 0 (int32) and level 1 (float32).
+
+- Codecs: each blosc setting encodes and decodes the 512 x 512 chunks of both levels on one
+  thread (as the ingest's workers and the viewer's tile readers do): time per CCD and size
+  against the raw data.
+- Chunk sizes: the levels written with our writer at each size, then read three ways: a whole
+  level 0 from local disk (what ``cvt check`` does), and a viewer's zoomed viewport (1600 x 1000
+  screen pixels at level 0 and at level 2) over HTTP from a loopback server that adds a fixed
+  delay to every request, with the concurrency the viewer uses.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from core.zarrio import Writer
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # connections kept alive, as a real server's are
     delay = 0.0
     requests = 0
     bytes_sent = 0
@@ -48,7 +55,8 @@ class LatencyServer:
         def factory(*a, **kw):
             return handler(*a, directory=root, **kw)
 
-        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), factory)
+        server = type("S", (socketserver.ThreadingTCPServer,), {"request_queue_size": 128})
+        self.httpd = server(("127.0.0.1", 0), factory)  # 16 connections at once: no SYN dropped
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -62,10 +70,94 @@ class LatencyServer:
         self.httpd.server_close()
 
 
-def _fake_ccd(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = rng.normal(800, 30, (4000, 4072)).astype(np.int32)
-    return img
+def simulated_levels(seed: int = 0) -> list[np.ndarray]:
+    """The pyramid of one simulated science CCD, through the ingest's own ISR."""
+    from core.camera import load_camera
+    from core.ingest import process_ccd
+    from core.rawfile import read_raw
+    from core.simulate import simulate_exposure
+
+    with tempfile.TemporaryDirectory(prefix="cvt-store-") as tmp:
+        simulate_exposure(tmp, detectors=["R22_S11"], seed=seed, workers=1)
+        (path,) = Path(tmp).glob("*R22_S11.fits")
+        raw = read_raw(path)
+        return process_ccd(raw, load_camera(raw.info.camera)).levels
+
+
+# (label, cname, clevel, shuffle) for level 0 (int32) and level 1 (float32); the first of each
+# is what the store uses (core.zarrio.Codec)
+CODECS = {
+    "int32": [
+        ("lz4 5 byte-shuffle", "lz4", 5, "shuffle"),
+        ("lz4 5 bit-shuffle", "lz4", 5, "bitshuffle"),
+        ("lz4 1 byte-shuffle", "lz4", 1, "shuffle"),
+        ("lz4 5 no shuffle", "lz4", 5, "noshuffle"),
+        ("blosclz 5 byte-shuffle", "blosclz", 5, "shuffle"),
+        ("zstd 1 byte-shuffle", "zstd", 1, "shuffle"),
+        ("zstd 3 bit-shuffle", "zstd", 3, "bitshuffle"),
+    ],
+    "float32": [
+        ("lz4 5 bit-shuffle", "lz4", 5, "bitshuffle"),
+        ("lz4 5 byte-shuffle", "lz4", 5, "shuffle"),
+        ("zstd 1 bit-shuffle", "zstd", 1, "bitshuffle"),
+    ],
+}
+
+
+def codec_table(levels: list[np.ndarray], chunk: int = 512, repeat: int = 3) -> list[dict]:
+    """Encode and decode every chunk of level 0 and level 1 with each codec, one thread; the
+    best of ``repeat`` runs per CCD."""
+    import numcodecs
+
+    numcodecs.blosc.set_nthreads(1)
+    shuffles = {
+        "shuffle": numcodecs.Blosc.SHUFFLE,
+        "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
+        "noshuffle": numcodecs.Blosc.NOSHUFFLE,
+    }
+    rows = []
+    for level in (0, 1):
+        data = levels[level]
+        blocks = [
+            np.ascontiguousarray(data[y : y + chunk, x : x + chunk])
+            for y in range(0, data.shape[0], chunk)
+            for x in range(0, data.shape[1], chunk)
+        ]
+        for label, cname, clevel, shuffle in CODECS[data.dtype.name]:
+            codec = numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=shuffles[shuffle])
+            enc = dec = math.inf
+            for _ in range(repeat):
+                t = time.perf_counter()
+                encoded = [codec.encode(b) for b in blocks]
+                enc = min(enc, time.perf_counter() - t)
+                t = time.perf_counter()
+                for e in encoded:
+                    codec.decode(e)
+                dec = min(dec, time.perf_counter() - t)
+            size = sum(len(e) for e in encoded)
+            rows.append(
+                {
+                    "level": level,
+                    "codec": label,
+                    "encode_ms": enc * 1e3,
+                    "decode_ms": dec * 1e3,
+                    "ratio": size / data.nbytes,
+                    "encode_gbs": data.nbytes / enc / 1e9,
+                }
+            )
+    return rows
+
+
+def format_codecs(rows: list[dict]) -> str:
+    head = f"{'level':>5}  {'codec':<24} {'encode':>9} {'decode':>9} {'size/raw':>9}"
+    return "\n".join(
+        [head]
+        + [
+            f"{r['level']:>5}  {r['codec']:<24} {r['encode_ms']:6.1f} ms {r['decode_ms']:6.1f} ms "
+            f"{r['ratio']:9.3f}"
+            for r in rows
+        ]
+    )
 
 
 def _read_viewport(url: str, level: int, shape, chunk: int, view=(1000, 1600), workers: int = 16):
@@ -87,14 +179,12 @@ def _read_viewport(url: str, level: int, shape, chunk: int, view=(1000, 1600), w
     return time.perf_counter() - t, len(keys), sum(sizes)
 
 
-def run(sizes=(256, 512, 1024, 2048), delays=(0.0, 0.03), echo=print) -> list[dict]:
-    from core.isr import pyramid
-
+def run(sizes=(256, 512, 1024, 2048), delays=(0.0, 0.03), echo=print, levels=None) -> list[dict]:
+    """The chunk-size table of ``levels`` (default: ``simulated_levels()``)."""
     tmp = Path(tempfile.mkdtemp(prefix="cvt-chunks-"))
     rows = []
     try:
-        img = _fake_ccd()
-        levels = pyramid(img)
+        levels = simulated_levels() if levels is None else levels
         for chunk in sizes:
             root = tmp / f"c{chunk}"
             w = Writer(str(root))
@@ -135,5 +225,3 @@ def run(sizes=(256, 512, 1024, 2048), delays=(0.0, 0.03), echo=print) -> list[di
     return rows
 
 
-if __name__ == "__main__":
-    run()

@@ -1,4 +1,5 @@
-"""``cvt bench NAME``: the benchmarks (never part of the tests): ingest, detect, view, remote."""
+"""``cvt bench NAME``: the benchmarks (never part of the tests): ingest, detect, view, remote,
+watch, store."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ BENCHMARKS = {
         "cvt watch on a simulated night dripped at the camera's pace: latency",
     ),
     "remote": ("bench_remote", "over HTTP with latency: first frame, zoomed viewport, requests"),
+    "store": ("bench_store", "the store's codecs and chunk sizes: speed and size, local and HTTP"),
 }
 
 
