@@ -377,7 +377,7 @@ class ViewerWindow(QMainWindow):
         tb.addWidget(self.outlines_check)
         self.labels_check = QCheckBox("labels", self)
         self.labels_check.setChecked(True)
-        self.labels_check.toggled.connect(lambda on: self.labels.setVisible(on))
+        self.labels_check.toggled.connect(self.set_labels_visible)
         tb.addWidget(self.labels_check)
         self.sources_check = QCheckBox("sources", self)
         self.sources_check.setChecked(True)
@@ -473,6 +473,7 @@ class ViewerWindow(QMainWindow):
         self.ccd_outlines = OutlineLayer(QColor(120, 180, 255, 120), 1.0)
         self.amp_outlines = OutlineLayer(QColor(200, 200, 200, 90), 1.0, min_screen_px=25)
         self.labels = LabelLayer()
+        self.chunk_labels = LabelLayer(QColor(255, 150, 150, 230))  # why a tile has no data
         self.absent_layer = RectLayer(opacity=0.8)
         self.absent_layer.fill_style = Qt.BrushStyle.BDiagPattern
         self.heat_layer = RectLayer(opacity=0.75)
@@ -492,6 +493,7 @@ class ViewerWindow(QMainWindow):
             (self.health_layer, Z_HEALTH),
             (self.sources_item, Z_SOURCES),
             (self.labels, Z_LABEL),
+            (self.chunk_labels, Z_LABEL),
             (self.highlight, Z_HIGHLIGHT),
         ):
             item.setZValue(z)
@@ -1199,6 +1201,10 @@ class ViewerWindow(QMainWindow):
         for item in (self.raft_outlines, self.ccd_outlines, self.amp_outlines):
             item.setVisible(on)
 
+    def set_labels_visible(self, on: bool) -> None:
+        for item in (self.labels, self.chunk_labels):
+            item.setVisible(on)
+
     def _update_absent(self) -> None:
         """Absent detectors (the camera's, not in the exposure) and absent chunks."""
         if self.layout is None:
@@ -1208,10 +1214,13 @@ class ViewerWindow(QMainWindow):
             return
         self._absent_drawn = state
         boxes = [r for _, r in self.layout.absent]
-        for key in self._absent_tiles:
+        labels = []
+        for key, tile in self._absent_tiles.items():
             src = self.layout.sources[key.source]
             boxes.append(src.tile_rect(*_kl(key)))
+            labels.append((_absent_label(tile.absent), boxes[-1]))
         self.absent_layer.set_rects(boxes, fill=[(255, 90, 90, 90)] * len(boxes))
+        self.chunk_labels.set_labels(labels, min_screen_px=90)
 
     def _on_tables(self, tables) -> None:
         metrics, sources, positions = tables
@@ -1346,11 +1355,16 @@ class ViewerWindow(QMainWindow):
         if loc.amp:
             parts.append(f"amp ({loc.amp_u}, {loc.amp_v})")
         value = self._shown_value(loc)
-        if exact is not None:
+        missing = self._absent_under(loc)
+        if exact is not None and exact.get("missing"):
+            parts.append(f"no data ({exact['missing']})")
+        elif exact is not None:
             raw = exact.get("raw")
             parts.append(
                 f"corrected {exact['corrected']}  raw {raw if raw is not None else '-'} ADU"
             )
+        elif missing:
+            parts.append(f"no data ({missing})")
         elif value is not None:
             v, level = value
             parts.append(
@@ -1360,6 +1374,19 @@ class ViewerWindow(QMainWindow):
         if sky:
             parts.append(sky)
         return "   ".join(parts)
+
+    def _absent_under(self, loc) -> str | None:
+        """Why the tile drawn under the cursor has no data (a missing chunk, a read error)."""
+        src = self.layout.sources.get(loc.detector)
+        if src is None or not self._absent_tiles:
+            return None
+        for level in range(src.n_levels):
+            cy, cx = src.chunks[level]
+            key = TileKey(loc.detector, level, (loc.row >> level) // cy, (loc.col >> level) // cx)
+            tile = self._absent_tiles.get(key)
+            if tile is not None:
+                return tile.absent
+        return None
 
     def _shown_value(self, loc):
         """The value under the cursor from the finest tile in memory (no read)."""
@@ -1555,6 +1582,11 @@ def source_positions(sources: dict):
                 sources[yn], dtype=np.float64
             )
     return None
+
+
+def _absent_label(reason: str | None) -> str:
+    """The short label drawn on a tile that has no data."""
+    return "read error" if (reason or "").startswith("read error") else (reason or "no data")
 
 
 def _inside(a, b) -> bool:

@@ -423,7 +423,10 @@ def test_navigation_keys_goto_and_single_pixels(viewer, qtbot, sim_exposure):
     assert w._wanted and all(k.level == 0 and k in w.view.shown() for k in w._wanted)
 
 
-def test_missing_chunk_is_drawn_absent(viewer, qtbot, sim_exposure, tmp_path):
+def test_missing_chunk_is_hatched_labelled_and_read_out(viewer, qtbot, sim_exposure, tmp_path):
+    from PySide6.QtCore import QPoint
+    from PySide6.QtTest import QTest
+
     path, _ = sim_exposure
     broken = tmp_path / Path(path).name
     shutil.copytree(path, broken)
@@ -445,6 +448,22 @@ def test_missing_chunk_is_drawn_absent(viewer, qtbot, sim_exposure, tmp_path):
     img = grab(w)
     pink = rgb_at(w, img, ox + 300, oy + 300, r=4)  # hatched red over the background
     assert pink[0] > pink[2]
+    # labelled: the label is drawn at the tile's centre, and goes with the labels switch
+    assert w.chunk_labels._texts == ["missing chunk"] and w.chunk_labels.drawn == 1
+    w.labels_check.setChecked(False)
+    qtbot.wait(10)
+    unlabelled = grab(w)
+    w.labels_check.setChecked(True)
+    qtbot.wait(10)
+    centre = (ox + 256, oy + 256)
+    assert np.abs(rgb_at(w, img, *centre, r=6) - rgb_at(w, unlabelled, *centre, r=6)).sum() > 20
+    # the hover says the data is missing, and invents no value (zarr's fill value was shown)
+    p = w.view.fp_to_widget(ox + 300.5, oy + 300.5)
+    QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+    qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=5000)
+    qtbot.waitUntil(lambda: not w._pixel_busy, timeout=5000)  # the exact value came back
+    assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text
+    assert "R22 S11" in w.status_text and "ccd (" in w.status_text
 
 
 def test_unreadable_exposure_is_reported(viewer, qtbot, tmp_path):
