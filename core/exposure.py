@@ -700,7 +700,12 @@ class Exposure:
         attrs = g.attrs["cvt"]
         out = {}
         for col in attrs["columns"]:
-            values = g[col][:]
+            try:
+                values = g[col][:]
+            except Exception as exc:  # say which column: zarr's own message does not
+                raise ExposureError(
+                    f"{name}/{col} cannot be read ({type(exc).__name__}: {exc})"
+                ) from exc
             if col in attrs["categories"]:
                 values = (
                     np.asarray(attrs["categories"][col], dtype=object)[values]

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.exposure import list_exposures, open_exposure
+from core.exposure import ExposureError, list_exposures, open_exposure
 from cvt.display import (
     COLORMAPS,
     LIMIT_MODES,
@@ -65,6 +65,7 @@ from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
+from cvt.viewer.summary import SummaryPanel, summary_lines
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
 from cvt.viewer.trendpanel import TrendControls
 from cvt.viewer.view import FocalPlaneView
@@ -87,6 +88,9 @@ SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this ma
 HEAT_CMAP = "plasma"
 GIL_SWITCH_S = 0.0005
 HEALTH_OUTLINES = {"fail": (230, 40, 40, 255), "warning": (255, 170, 0, 255)}
+ABSENT_FILL = (255, 90, 90, 90)  # hatched: a detector not in the exposure, a tile with no data
+UNREADABLE_FILL = (255, 200, 0, 150)  # hatched: a detector the exposure lists but cannot read
+UNREADABLE_TEXT = QColor(255, 210, 60)
 
 
 _heap_frozen = False
@@ -150,7 +154,7 @@ def _open(url: str):
     outlines = {
         "rafts": outline_geometry([r for _, r in layout.rafts]),
         "ccds": outline_geometry(
-            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
+            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent + layout.unreadable]
         ),
         "amps": outline_geometry(layout.amp_boxes),
     }
@@ -287,6 +291,9 @@ class ViewerWindow(QMainWindow):
         self._sources_shown = False
         self._sources_cover = None  # (positions, the rect whose sources are drawn)
         self.health_rows: list[dict] = []
+        self.health_counts: dict | None = None
+        self.problems: dict[str, str] = {}  # what of the exposure cannot be read -> why
+        self._tables_pending = False  # the metrics and sources tables are being read
         self._pixel_busy = False
         self._pixel_next = None
         self.hists: dict = {}
@@ -325,7 +332,8 @@ class ViewerWindow(QMainWindow):
         self.setWindowFlags(Qt.WindowType.Widget)
         for tb in self.findChildren(QToolBar):
             tb.hide()
-        for dock in (self.hist_dock, self.health_dock, self.header_dock, self.overscan.dock):
+        docks = (self.hist_dock, self.health_dock, self.header_dock, self.summary_dock)
+        for dock in (*docks, self.overscan.dock):
             dock.hide()
         self.menuBar().hide()
         self.statusBar().hide()
@@ -335,6 +343,11 @@ class ViewerWindow(QMainWindow):
     # ------------------------------------------------------------------ UI
 
     def _build_ui(self) -> None:
+        self.summary_panel = SummaryPanel(self)
+        self.summary_dock = self._dock(
+            "Exposure summary", self.summary_panel, Qt.DockWidgetArea.RightDockWidgetArea
+        )
+        self.summary_dock.hide()
         tb = QToolBar("view", self)
         tb.setObjectName("view-toolbar")
         self.addToolBar(tb)
@@ -355,6 +368,12 @@ class ViewerWindow(QMainWindow):
             act.setShortcut(QKeySequence(key))
             act.triggered.connect(lambda _=False, step=step: self.navigate(step))
             tb.addAction(act)
+        self.summary_action = self.summary_dock.toggleViewAction()
+        self.summary_action.setText("summary")
+        self.summary_action.setToolTip(
+            "the exposure's summary: what it is, what is missing or failed"
+        )
+        tb.addAction(self.summary_action)
         self.follow_controls = FollowControls(self, tb)
         self.follower = self.follow_controls.follower
         act_fit = QAction("Fit", self)
@@ -424,6 +443,7 @@ class ViewerWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.progress_label)
         self.overscan = OverscanDock(self)
         menu = self.menuBar().addMenu("&View")
+        menu.addAction(self.summary_action)
         menu.addAction(self.hist_dock.toggleViewAction())
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
@@ -589,6 +609,7 @@ class ViewerWindow(QMainWindow):
 
     def _on_opened(self, result) -> None:
         exposure, layout, images, outlines = result
+        seq = self._open_seq
         self._opening = False
         self.exposure, self.layout, self.images = exposure, layout, images
         self.loader.reset(exposure, images, layout)
@@ -605,8 +626,10 @@ class ViewerWindow(QMainWindow):
         self.view.clear_tiles()
         self.setWindowTitle(f"CVT — {exposure.obsid}")
         self.metrics, self.sources, self._source_xy = {}, {}, None
+        self.problems = dict(layout.problems)
         self._update_sources()
         self._static_overlays(outlines)
+        self._update_summary()
         self.view.set_extent(layout.bounds)
         if self._keep_view is not None:
             self.view.set_rect(self._keep_view)
@@ -619,8 +642,17 @@ class ViewerWindow(QMainWindow):
             self.loader.load_resident(ov.keys(coarsest), first=True)
             for level in range(coarsest - 1, -1, -1):
                 self.loader.load_resident(ov.keys(level))
+        self._tables_pending = True
         self.runner.submit(
-            "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
+            "io",
+            _read_tables,
+            exposure,
+            on_done=lambda res: self._on_tables(res) if seq == self._open_seq else None,
+            on_error=lambda e: (
+                self._on_tables(({}, {}, None, {"tables": _why(e)}))
+                if seq == self._open_seq
+                else None
+            ),
         )
         self.sky = None
         self.runner.submit(
@@ -1143,10 +1175,28 @@ class ViewerWindow(QMainWindow):
             f"queued {self.loader.queued}  cache {self.cache.nbytes / 2**20:.0f}/"
             f"{self.cache.budget / 2**20:.0f} MB"
         )
-        note = self.loader.failure_note()
+        note = "  —  ".join(n for n in (self.loader.failure_note(), self._damage_note()) if n)
         self.progress_label.setToolTip(note)
         if note:
             self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
+
+    def _damage_note(self) -> str:
+        """For the status bar: what of the exposure cannot be read, and the CCDs the ingest
+        could not take (the reasons are in the exposure summary)."""
+        failed = [
+            f for f in (self.exposure.attrs.get("failures") or []) if not f.get("detector_kept")
+        ]
+        parts = []
+        if self.problems:
+            parts.append(f"unreadable: {', '.join(self.problems)}")
+        if failed:
+            parts.append(f"{len(failed)} CCD{'s' if len(failed) != 1 else ''} failed at ingest")
+        return f"{'; '.join(parts)} (View → Exposure summary)" if parts else ""
+
+    def _update_summary(self) -> None:
+        if self.exposure is not None:
+            rows = summary_lines(self.exposure.attrs, self.problems, self.health_counts)
+            self.summary_panel.set_summary(rows)
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
@@ -1187,14 +1237,17 @@ class ViewerWindow(QMainWindow):
         self.labels.add_labels(
             [(f"{n.split('_')[1]} absent", r, QColor(255, 120, 120)) for n, r in layout.absent], 70
         )
-        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
-        self.absent_layer.set_rects(
-            [r for _, r in layout.absent], fill=[(255, 90, 90, 90)] * len(layout.absent)
+        self.labels.add_labels(
+            [(f"{n.split('_')[1]} unreadable", r, UNREADABLE_TEXT) for n, r in layout.unreadable],
+            70,
         )
+        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
+        self._update_absent()
         self.heat_layer.clear()
         self.health_layer.clear()
         self.highlight.clear()
         self.health_rows = []
+        self.health_counts = None
         self.health_panel.set_rows([], "")
 
     def set_outlines_visible(self, on: bool) -> None:
@@ -1213,24 +1266,32 @@ class ViewerWindow(QMainWindow):
         if state == self._absent_drawn:
             return
         self._absent_drawn = state
-        boxes = [r for _, r in self.layout.absent]
+        boxes = [r for _, r in self.layout.unreadable + self.layout.absent]
+        fills = [UNREADABLE_FILL] * len(self.layout.unreadable)
+        fills += [ABSENT_FILL] * len(self.layout.absent)
         labels = []
         for key, tile in self._absent_tiles.items():
             src = self.layout.sources[key.source]
             boxes.append(src.tile_rect(*_kl(key)))
+            fills.append(ABSENT_FILL)
             labels.append((_absent_label(tile.absent), boxes[-1]))
-        self.absent_layer.set_rects(boxes, fill=[(255, 90, 90, 90)] * len(boxes))
+        self.absent_layer.set_rects(boxes, fill=fills)
         self.chunk_labels.set_labels(labels, min_screen_px=90)
 
     def _on_tables(self, tables) -> None:
-        metrics, sources, positions = tables
+        metrics, sources, positions, *errors = tables
+        self._tables_pending = False
         self.metrics, self.sources, self._source_xy = metrics, sources, positions
+        for name, why in (errors[0] if errors else {}).items():
+            self.problems[f"{name} table"] = why
         names = metric_names(metrics)
         self.metric_box.blockSignals(True)
         self.metric_box.clear()
         self.metric_box.addItems(["(none)", *names])
         self.metric_box.blockSignals(False)
         self._update_sources()
+        self._update_summary()
+        self._update_progress()
         self.tables_loaded.emit()
 
     def set_metrics(self, metrics: dict) -> None:
@@ -1304,9 +1365,10 @@ class ViewerWindow(QMainWindow):
         )
 
     def _on_health(self, result) -> None:
-        rows, summary = result
+        rows, summary, counts = result
         self.health_action.setEnabled(True)
-        self.health_rows = rows
+        self.health_rows, self.health_counts = rows, counts
+        self._update_summary()
         self.health_panel.set_rows(rows, summary)
         self.health_dock.show()
         self.statusBar().showMessage(summary, 8000)
@@ -1347,6 +1409,8 @@ class ViewerWindow(QMainWindow):
         sky = sky_text(self.sky, loc.fx, loc.fy)
         if loc.detector is None:
             return "   ".join([parts[0], sky]).rstrip()
+        if loc.unreadable:
+            return f"{parts[0]}  {loc.detector}: unreadable, {loc.unreadable}   {sky}".rstrip()
         if loc.absent:
             return f"{parts[0]}  {loc.detector}: not in this exposure   {sky}".rstrip()
         raft, slot = loc.detector.split("_")
@@ -1505,14 +1569,20 @@ def _header_text(image) -> str:
 
 
 def _read_tables(exposure):
-    """Worker: the metrics and sources tables, and the sources' positions sorted by x."""
-    out = []
+    """Worker: the metrics and sources tables, the sources' positions sorted by x, and why a
+    table could not be read (that table is then empty: the rest still works)."""
+    out, errors = [], {}
     for name in ("metrics", "sources"):
         try:
             out.append(exposure.table(name))
-        except Exception:  # a table that cannot be read is no table: the rest still works
+        except Exception as exc:
             out.append({})
-    return (*out, sorted_positions(out[1]))
+            errors[name] = _why(exc)
+    return (*out, sorted_positions(out[1]), errors)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ExposureError) else f"{type(exc).__name__}: {exc}"
 
 
 def sorted_positions(sources: dict):
