@@ -286,6 +286,7 @@ class ViewerWindow(QMainWindow):
         self._open_seq = 0
         self._keep_view = None
         self.metrics: dict = {}
+        self.heat_metric: str | None = None  # the heat map's metric as chosen (kept across opens)
         self.sources: dict = {}
         self._source_xy = None
         self._sources_shown = False
@@ -408,9 +409,11 @@ class ViewerWindow(QMainWindow):
         self.metric_box.addItem("(none)")
         self.metric_box.currentTextChanged.connect(self._metric_chosen)
         tb.addWidget(self.metric_box)
-        self.colour_bar = ColourBar(self)
+        # the heat map's colour bar, in the view's corner: always in sight (a toolbar too
+        # narrow for its widgets drops the last ones into a menu) and in every picture taken
+        self.colour_bar = ColourBar(self.view)
+        self.view.set_corner_widget(self.colour_bar)
         self.colour_bar.setVisible(False)
-        tb.addWidget(self.colour_bar)
         tb.addSeparator()
         self.health_action = QAction("Health check", self)
         self.health_action.triggered.connect(self.run_health)
@@ -1244,6 +1247,7 @@ class ViewerWindow(QMainWindow):
         self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
         self._update_absent()
         self.heat_layer.clear()
+        self.colour_bar.setVisible(False)  # until this exposure's metrics are in
         self.health_layer.clear()
         self.highlight.clear()
         self.health_rows = []
@@ -1288,7 +1292,10 @@ class ViewerWindow(QMainWindow):
         self.metric_box.blockSignals(True)
         self.metric_box.clear()
         self.metric_box.addItems(["(none)", *names])
+        if self.heat_metric in names:  # the metric chosen for an earlier exposure, on this one
+            self.metric_box.setCurrentText(self.heat_metric)
         self.metric_box.blockSignals(False)
+        self._show_metric(self.heat_metric)
         self._update_sources()
         self._update_summary()
         self._update_progress()
@@ -1303,7 +1310,13 @@ class ViewerWindow(QMainWindow):
         self._metric_chosen(name or "(none)")
 
     def _metric_chosen(self, name: str) -> None:
-        if self.layout is None or name in ("", "(none)") or name not in self.metrics:
+        """The user's choice: kept when another exposure is opened, and drawn again on it as
+        soon as its metrics are in."""
+        self.heat_metric = None if name in ("", "(none)") else name
+        self._show_metric(self.heat_metric)
+
+    def _show_metric(self, name: str | None) -> None:
+        if self.layout is None or name is None or name not in self.metrics:
             self.heat_layer.clear()
             self.colour_bar.setVisible(False)
             return
@@ -1311,6 +1324,7 @@ class ViewerWindow(QMainWindow):
         finite = np.isfinite(values)
         if not finite.any():
             self.heat_layer.clear()
+            self.colour_bar.setVisible(False)
             return
         lo, hi = float(values[finite].min()), float(values[finite].max())
         rgb = heat_colours(values, lo, hi, HEAT_CMAP)

@@ -297,6 +297,62 @@ def test_heat_map_colours_the_noisy_amp(viewer, qtbot, sim_exposure):
         assert cool[2] > cool[1] + 40, (amp, cool)
 
 
+def test_the_chosen_metric_is_drawn_on_the_next_exposure(
+    viewer, qtbot, sim_exposure, sim_exposure_b, tmp_path
+):
+    """The heat map's metric is the user's choice, not the exposure's: opening another one
+    clears the old map and colour bar at once, and draws the same metric for the new one as
+    soon as its metrics are in."""
+    from tests.cvt.test_follow import publish_copy
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_copy(Path(sim_exposure[0]), repo, "MC_O_20261125_000001")  # dead: R22_S11_C03
+    publish_copy(Path(sim_exposure_b[0]), repo, "MC_O_20261125_000002")  # dead: R22_S11_C12
+    w = viewer()
+    open_and_settle(qtbot, w, repo / "MC_O_20261125_000001.zarr")
+    qtbot.waitUntil(lambda: "dead" in w.metrics, timeout=10000)
+    w.metric_box.setCurrentText("dead")  # the toolbar's metric box
+    assert w.colour_bar.isVisible() and w.colour_bar.title.text() == "dead"
+
+    def dead_and_alive():
+        assert w.goto("R22_S11")
+        wait_settled(qtbot, w)
+        img = grab(w)
+        colour = {}
+        for amp in ("C03", "C12"):
+            x0, y0, x1, y1 = amp_box(w, "R22_S11", amp)
+            colour[amp] = rgb_at(w, img, (x0 + x1) / 2 + 50, y0 + 0.25 * (y1 - y0), r=2)
+        return colour
+
+    def dead(c):  # the top of plasma: yellow
+        return c[0] > 170 and c[1] > 150 and c[2] < 140
+
+    def alive(c):  # the bottom of plasma: blue-violet
+        return c[2] > c[1] + 40
+
+    colour = dead_and_alive()
+    assert dead(colour["C03"]) and alive(colour["C12"]), colour
+    at_open = []
+    w.opened.connect(
+        lambda _: at_open.append((w.colour_bar.isVisible(), bool(w.heat_layer._fills)))
+    )
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(+1)
+    assert at_open == [(False, False)]  # the old exposure's map and bar went with it
+    qtbot.waitUntil(w.colour_bar.isVisible, timeout=10000)
+    assert w.metric_box.currentText() == "dead" and w.colour_bar.title.text() == "dead"
+    colour = dead_and_alive()
+    assert dead(colour["C12"]) and alive(colour["C03"]), colour
+    # "(none)" is a choice too: no map on the next exposure
+    w.metric_box.setCurrentText("(none)")
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(-1)
+    wait_settled(qtbot, w)
+    qtbot.waitUntil(lambda: "dead" in w.metrics, timeout=10000)
+    assert not w.colour_bar.isVisible() and not w.heat_layer._fills
+
+
 def test_hover_reads_out_the_exact_pixel(viewer, qtbot, sim_exposure):
     from PySide6.QtCore import QPoint
     from PySide6.QtTest import QTest
