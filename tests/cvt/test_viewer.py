@@ -416,6 +416,34 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
     assert edge[0] > 200 and edge[1] > 200 and edge[2] < 80, edge
 
 
+def test_health_marks_are_drawn_and_hidden_by_the_toolbar(viewer, qtbot, sim_exposure):
+    path, truth = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    dead = fault(truth, "dead_amp")
+    assert w.goto(dead["detector"])
+    wait_settled(qtbot, w)
+    x0, y0, x1, y1 = amp_box(w, dead["detector"], dead["amp"])
+    edges = [(x0, y0 + f * (y1 - y0)) for f in (0.3, 0.7)] + [(x1, (y0 + y1) / 2)]
+
+    def red_edges():
+        img = grab(w)
+        return [bool(c[0] > 180 and c[1] < 90 and c[2] < 90) for c in
+                (rgb_at(w, img, x, y, r=0) for x, y in edges)]  # fmt: skip
+
+    assert red_edges() == [False] * 3  # no check has run: no marks
+    with qtbot.waitSignal(w.health_done, timeout=20000):
+        w.run_health()
+    qtbot.wait(10)
+    assert red_edges() == [True] * 3  # the failing amp outlined in red
+    w.health_marks_check.setChecked(False)
+    qtbot.wait(10)
+    assert red_edges() == [False] * 3
+    w.health_marks_check.setChecked(True)
+    qtbot.wait(10)
+    assert red_edges() == [True] * 3
+
+
 def test_stretch_and_colour_changes_never_read(viewer, qtbot, sim_exposure):
     path, _ = sim_exposure
     w = viewer()
