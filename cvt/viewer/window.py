@@ -1141,7 +1141,7 @@ class ViewerWindow(QMainWindow):
 
     def is_settled(self) -> bool:
         """Every tile the view needs is in and drawn with the current statistics and stretch."""
-        if self.layout is None or self._opening or self.loader.busy:
+        if self.layout is None or self._opening or self.loader.busy or self._tables_pending:
             return False
         if self.loader.retry_pending:
             return False
@@ -1304,11 +1304,8 @@ class ViewerWindow(QMainWindow):
         self._update_sources()
         self._update_summary()
         self._update_progress()
+        self._schedule_settle_check()
         self.tables_loaded.emit()
-
-    def set_metrics(self, metrics: dict) -> None:
-        """Use this metrics table (columns ``detector``, ``amp`` and numbers)."""
-        self._on_tables((metrics, self.sources, self._source_xy))
 
     def set_metric(self, name: str | None) -> None:
         self.metric_box.setCurrentText(name or "(none)")

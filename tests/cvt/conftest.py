@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -111,21 +110,6 @@ def sim_exposure(tmp_path_factory):
     return _ingested_simulation(tmp_path_factory, "viewer-sim", dead_amp="C03")
 
 
-def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
-    """A metrics table from the simulation truth (for when the store has none)."""
-    cols: dict[str, list] = {"detector": [], "amp": [], "read_noise_e": [], "dead": []}
-    for f in truth["files"]:
-        for a in f["amps"]:
-            cols["detector"].append(f["detector"])
-            cols["amp"].append(a["amp"])
-            cols["read_noise_e"].append(float(a["read_noise_e"]))
-            cols["dead"].append(1.0 if a.get("dead") else 0.0)
-    return {
-        k: np.asarray(v, dtype=object if k in ("detector", "amp") else float)
-        for k, v in cols.items()
-    }
-
-
 @pytest.fixture(scope="session")
 def sim_exposure_b(tmp_path_factory):
     """The exposure of ``sim_exposure`` again (same seed, same pixels amp by amp), except that
@@ -136,7 +120,7 @@ def sim_exposure_b(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sim_failed(tmp_path_factory):
     """An exposure of two simulated CCDs (seq 2) whose R22_S12 file is cut short after its
-    headers: R22_S11 ingested, R22_S12 a failure with its reason, 203 detectors missing."""
+    headers: R22_S11 ingested, R22_S12 a failure with its reason, 204 detectors missing."""
     simulate = pytest.importorskip("core.simulate")
     from core.ingest import ingest
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cvt.conftest import open_and_settle, truth_metrics, wait_settled
+from tests.cvt.conftest import open_and_settle, wait_settled
 
 pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,9 +276,8 @@ def test_dead_amp_hot_column_and_star_are_drawn(viewer, qtbot, sim_exposure):
 def test_heat_map_colours_the_noisy_amp(viewer, qtbot, sim_exposure):
     path, truth = sim_exposure
     w = viewer()
-    open_and_settle(qtbot, w, path)
-    if "read_noise_e" not in w.metrics:
-        w.set_metrics(truth_metrics(truth))
+    open_and_settle(qtbot, w, path)  # settled: the store's own metrics are in
+    assert "read_noise_e" in w.metrics
     noisy = fault(truth, "noisy_amp")
     w.set_metric("read_noise_e")
     assert w.colour_bar.isVisible() and w.colour_bar.title.text() == "read_noise_e"
@@ -385,9 +384,8 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
 
     path, truth = sim_exposure
     w = viewer()
-    open_and_settle(qtbot, w, path)
-    if not w.metrics:
-        w.set_metrics(truth_metrics(truth))
+    open_and_settle(qtbot, w, path)  # settled: the store's own metrics are in
+    assert w.metrics
     with qtbot.waitSignal(w.health_done, timeout=20000) as done:
         w.run_health()
     rows = done.args[0]
@@ -395,6 +393,10 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
     for kind in ("dead_amp", "noisy_amp"):
         f = fault(truth, kind)
         assert flagged[(f["detector"], f["amp"])]["status"] == "fail", (kind, rows)
+    hot = fault(truth, "hot_column")
+    assert flagged[(hot["detector"], hot["amp"])]["status"] == "warning", rows
+    assert "bright_columns" in flagged[(hot["detector"], hot["amp"])]["reasons"]
+    assert len(rows) == 3  # and nothing else
     table = w.health_panel.table
     assert w.health_dock.isVisible() and table.rowCount() == len(rows)
     noisy = fault(truth, "noisy_amp")
