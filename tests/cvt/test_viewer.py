@@ -612,6 +612,60 @@ def test_screenshot_of_the_whole_plane_of_a_small_exposure_finishes(sim_exposure
     assert out.stat().st_size > 0
 
 
+def plasma_ramp(image, rows: int = 60) -> int:
+    """The longest run of pixels along one of the bottom ``rows`` rows that climbs the plasma
+    colour map from its bottom to its top: a colour bar's ramp (a heat map's amps are flat)."""
+    from cvt.display import colormap
+    from tests.cvt.test_compare import as_array
+
+    table = colormap("plasma", 256) * 255.0
+    best = 0
+    for row in as_array(image)[-rows:].astype(np.float64):
+        d = ((row[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
+        idx, near = d.argmin(axis=1), d.min(axis=1) < 20**2
+        start = 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or not (near[i] and near[i - 1] and idx[i] >= idx[i - 1]):
+                if idx[start] < 30 and idx[i - 1] > 225:
+                    best = max(best, i - start)
+                start = i
+    return best
+
+
+def test_screenshot_of_a_heat_map_has_its_colour_bar(sim_exposure, tmp_path, qapp):
+    from PySide6.QtGui import QImage
+
+    from tests.cvt.test_compare import as_array
+
+    path, _ = sim_exposure
+    shots = {}
+    for name, extra in (("heat", ["--overlay", "read_noise_e"]), ("plain", [])):
+        out = tmp_path / f"{name}.png"
+        res = _cvt("view", str(path), "--screenshot", str(out), "--size", "640x480",
+                   "--goto", "R22_S12", "--timeout", "60", *extra)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        shots[name] = QImage(str(out))
+        assert (shots[name].width(), shots[name].height()) == (640, 480)
+    assert plasma_ramp(shots["heat"]) >= 120  # the colour bar, in the picture
+    assert plasma_ramp(shots["plain"]) == 0
+    # and the heat map: the noisy amp, one of R22_S12's 16, at the top of plasma (yellow)
+    a = as_array(shots["heat"]).astype(int)
+    yellow = (a[..., 0] > 200) & (a[..., 1] > 200) & (a[..., 2] < 80)
+    assert 0.02 < yellow.mean() < 0.1, yellow.mean()
+
+
+def test_screenshot_of_a_heat_map_whose_table_is_unreadable_says_why(sim_exposure, tmp_path, qapp):
+    """Instead of waiting out its timeout for a metric that will never come."""
+    from tests.cvt.conftest import damaged_copy
+
+    broken = damaged_copy(sim_exposure[0], tmp_path, metrics=True)
+    out = tmp_path / "heat.png"
+    res = _cvt("view", str(broken), "--screenshot", str(out), "--overlay", "read_noise_e",
+               "--timeout", "100")  # fmt: skip
+    assert res.returncode == 2 and not out.exists(), res.stderr
+    assert "no metric 'read_noise_e' (metrics/read_noise_e cannot be read" in res.stderr
+
+
 def test_pyside_reference_leaks_cannot_kill_the_interpreter(qapp):
     """PySide6 6.12 loses a reference to True on every emit() and to None on every
     processEvents(); on CPython 3.11 the viewer would abort after a few thousand frames
