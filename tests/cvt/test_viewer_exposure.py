@@ -151,3 +151,56 @@ def _scale_and_area(w):
 
     x0, y0, x1, y1 = w.view.view_rect()
     return 1.0 / w.view.pixel_size(), QRectF(x0, y0, x1 - x0, y1 - y0)
+
+
+def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, tmp_path):
+    """The same through ``cvt serve``: a damaged exposure says what it cannot read, a missing
+    chunk reads out as missing (the server's 404, not zarr's fill value), and the summary of
+    the next exposure names its failed CCD."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtTest import QTest
+
+    from core import remote
+    from tests.cvt.test_remote_view import free_port, start_server, stop_server
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    broken = damaged_copy(sim_exposure[0], repo, detector="R22_S12", metrics=True)
+    (broken / "detectors" / "R22_S11" / "0" / "c" / "0" / "0").unlink()
+    publish_copy(Path(sim_failed), repo, "MC_O_20261125_000002")
+    old = remote.configure(cache_dir=tmp_path / "chunk-cache")
+    served = start_server(qtbot, repo, tmp_path / "serve.log", free_port())
+    try:
+        w = viewer()
+        url = f"{served.url}{broken.name}"
+        open_and_settle(qtbot, w, url, timeout=60000)
+        assert w.url.startswith("http://")
+        assert [n for n, _ in w.layout.unreadable] == ["R22_S12"]
+        assert set(w.problems) == {"R22_S12", "metrics table"}
+        rows = summary(w)
+        assert rows["unreadable"][0] == "R22_S12: metadata unreadable (KeyError: 'cvt')"
+        assert rows["unreadable"][1].startswith("metrics table: metrics/read_noise_e cannot be")
+        assert "unreadable: R22_S12, metrics table" in w.progress_label.text()
+        # the missing chunk: hatched, labelled, and read out as missing
+        ox, oy = w.images["R22_S11"].origin
+        w.view.set_rect((ox + 100, oy + 100, ox + 900, oy + 700))
+        wait_settled(qtbot, w, timeout=60000)
+        assert w.chunk_labels._texts == ["missing chunk"]
+        p = w.view.fp_to_widget(ox + 300.5, oy + 300.5)
+        QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+        qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=10000)
+        qtbot.waitUntil(lambda: not w._pixel_busy, timeout=10000)
+        assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text
+        # the next exposure of the server's repository: its summary, its failed CCD
+        w.summary_action.trigger()
+        with qtbot.waitSignal(w.opened, timeout=30000):
+            w.navigate(+1)
+        wait_settled(qtbot, w, timeout=60000)
+        rows = summary(w)
+        assert rows["exposure"] == ["MC_O_20261125_000002   complete"]
+        assert rows["detectors"] == ["1 of 205 present"] and "unreadable" not in rows
+        assert rows["failed"][0].startswith("MC_O_20261125_000002_R22_S12.fits: ")
+        assert w.summary_dock.isVisible()
+    finally:
+        stop_server(qtbot, served)
+        remote.restore(old)
