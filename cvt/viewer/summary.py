@@ -1,7 +1,7 @@
 """The exposure summary dock: what the exposure's attributes say about it (instrument, OBSID,
-pointing, which detectors came in and which did not, every CCD the ingest could not take and
-why), what of the store cannot be read, and the health counts once a check has run: what one
-wants to know before trusting a picture."""
+when it was taken, which detectors came in and which did not, every CCD the ingest could not
+take and why), what of the store cannot be read, and the health counts once a check has run:
+what one wants to know before trusting a picture."""
 
 from __future__ import annotations
 

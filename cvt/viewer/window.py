@@ -657,7 +657,7 @@ class ViewerWindow(QMainWindow):
             exposure,
             on_done=lambda res: self._on_tables(res) if seq == self._open_seq else None,
             on_error=lambda e: (
-                self._on_tables(({}, {}, None, {"tables": _why(e)}))
+                self._on_tables(({}, {}, None, {"metrics and sources": _why(e)}))
                 if seq == self._open_seq
                 else None
             ),
@@ -1288,10 +1288,10 @@ class ViewerWindow(QMainWindow):
         self.chunk_labels.set_labels(labels, min_screen_px=90)
 
     def _on_tables(self, tables) -> None:
-        metrics, sources, positions, *errors = tables
+        metrics, sources, positions, errors = tables
         self._tables_pending = False
         self.metrics, self.sources, self._source_xy = metrics, sources, positions
-        for name, why in (errors[0] if errors else {}).items():
+        for name, why in errors.items():
             self.problems[f"{name} table"] = why
         names = metric_names(metrics)
         self.metric_box.blockSignals(True)

@@ -41,6 +41,26 @@ def rgb_at(w, image, fx, fy, r=1):
     return np.mean(px, axis=0)
 
 
+def mouse_to(qtbot, w, fx, fy) -> None:
+    """The mouse moved onto a focal-plane point, until the window has it (from beside it: a
+    move to where the cursor already is, as a test before may have left it, is no move)."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtTest import QTest
+
+    p = w.view.fp_to_widget(fx, fy)
+    x, y = round(p.x()), round(p.y())
+    QTest.mouseMove(w.view.viewport(), QPoint(x + 9, y + 7))
+    qtbot.wait(20)
+    QTest.mouseMove(w.view.viewport(), QPoint(x, y))
+    near = 1.5 * w.view.pixel_size()
+
+    def there():
+        loc = w._hover_loc
+        return loc is not None and abs(loc.fx - fx) < near and abs(loc.fy - fy) < near
+
+    qtbot.waitUntil(there, timeout=5000)
+
+
 def amp_box(w, det, amp):
     return tuple(w.layout.amp_boxes[w.layout.amp_index(det, amp)])
 
@@ -353,8 +373,6 @@ def test_the_chosen_metric_is_drawn_on_the_next_exposure(
 
 
 def test_hover_reads_out_the_exact_pixel(viewer, qtbot, sim_exposure):
-    from PySide6.QtCore import QPoint
-    from PySide6.QtTest import QTest
 
     path, _ = sim_exposure
     w = viewer()
@@ -364,8 +382,7 @@ def test_hover_reads_out_the_exact_pixel(viewer, qtbot, sim_exposure):
     fx, fy = det.origin[0] + col + 0.5, det.origin[1] + row + 0.5
     w.view.set_rect((fx - 400, fy - 300, fx + 400, fy + 300))  # a level-1 view: not exact
     wait_settled(qtbot, w)
-    p = w.view.fp_to_widget(fx, fy)
-    QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+    mouse_to(qtbot, w, fx, fy)
     qtbot.waitUntil(lambda: "corrected" in w.status_text, timeout=10000)
     want = det.pixel(row, col)
     text = w.status_text
@@ -506,8 +523,6 @@ def test_navigation_keys_goto_and_single_pixels(viewer, qtbot, sim_exposure):
 
 
 def test_missing_chunk_is_hatched_labelled_and_read_out(viewer, qtbot, sim_exposure, tmp_path):
-    from PySide6.QtCore import QPoint
-    from PySide6.QtTest import QTest
 
     path, _ = sim_exposure
     broken = tmp_path / Path(path).name
@@ -540,8 +555,7 @@ def test_missing_chunk_is_hatched_labelled_and_read_out(viewer, qtbot, sim_expos
     centre = (ox + 256, oy + 256)
     assert np.abs(rgb_at(w, img, *centre, r=6) - rgb_at(w, unlabelled, *centre, r=6)).sum() > 20
     # the hover says the data is missing, and invents no value (zarr's fill value was shown)
-    p = w.view.fp_to_widget(ox + 300.5, oy + 300.5)
-    QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+    mouse_to(qtbot, w, ox + 300.5, oy + 300.5)
     qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=5000)
     qtbot.waitUntil(lambda: not w._pixel_busy, timeout=5000)  # the exact value came back
     assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text

@@ -13,7 +13,7 @@ import pytest
 
 from tests.cvt.conftest import damaged_copy, open_and_settle, wait_settled
 from tests.cvt.test_follow import publish_copy
-from tests.cvt.test_viewer import grab, rgb_at
+from tests.cvt.test_viewer import grab, mouse_to, rgb_at
 
 pytestmark = pytest.mark.gui
 
@@ -157,9 +157,6 @@ def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, t
     """The same through ``cvt serve``: a damaged exposure says what it cannot read, a missing
     chunk reads out as missing (the server's 404, not zarr's fill value), and the summary of
     the next exposure names its failed CCD."""
-    from PySide6.QtCore import QPoint
-    from PySide6.QtTest import QTest
-
     from core import remote
     from tests.cvt.test_remote_view import free_port, start_server, stop_server
 
@@ -186,8 +183,7 @@ def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, t
         w.view.set_rect((ox + 100, oy + 100, ox + 900, oy + 700))
         wait_settled(qtbot, w, timeout=60000)
         assert w.chunk_labels._texts == ["missing chunk"]
-        p = w.view.fp_to_widget(ox + 300.5, oy + 300.5)
-        QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+        mouse_to(qtbot, w, ox + 300.5, oy + 300.5)
         qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=10000)
         qtbot.waitUntil(lambda: not w._pixel_busy, timeout=10000)
         assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text
