@@ -677,16 +677,30 @@ class DetectorImage:
         return self.group["isr/col_bias"][:]
 
     def pixel(self, row: int, col: int) -> dict:
-        """Exact values of one level-0 pixel: corrected (as stored) and raw ADU."""
-        corrected = int(self.level(0)[row, col])
+        """Exact values of one level-0 pixel: corrected (as stored) and raw ADU. Where the
+        store lacks the pixel's chunk, ``corrected`` and ``raw`` are None and ``missing`` says
+        so: zarr would give the fill value, a value the CCD never had."""
+        from core.lazyzarr import read_chunk
+
+        arr = self.level(0)
+        ny, nx = arr.shape
+        if not (0 <= row < ny and 0 <= col < nx):
+            raise IndexError(f"pixel ({row}, {col}) is outside {self.name}'s {ny} x {nx}")
+        cy, cx = arr.chunks
+        chunk = read_chunk(arr, (row // cy, col // cx))
         x, y = self.array_to_ccd(row, col)
         loc = self.locate_amp(int(x), int(y))
-        out = {"corrected": corrected, "ccd_x": int(x), "ccd_y": int(y), "raw": None, "amp": None}
+        out = {"corrected": None, "ccd_x": int(x), "ccd_y": int(y), "raw": None, "amp": None}
+        out["missing"] = "missing chunk" if chunk is None else None
+        if chunk is not None:
+            out["corrected"] = int(chunk[row % cy, col % cx])
         if loc is not None:
             a, u, v = loc
-            y0 = self.attrs["datasec"][2]
-            bias = int(np.rint(self.row_bias[a, y0 + v])) + int(np.rint(self.col_bias[a, u]))
-            out.update(raw=corrected + bias, amp=self.amps[a]["name"], amp_u=int(u), amp_v=int(v))
+            out.update(amp=self.amps[a]["name"], amp_u=int(u), amp_v=int(v))
+            if chunk is not None:
+                y0 = self.attrs["datasec"][2]
+                bias = int(np.rint(self.row_bias[a, y0 + v])) + int(np.rint(self.col_bias[a, u]))
+                out["raw"] = out["corrected"] + bias
         return out
 
     def bias_image(self) -> np.ndarray:
@@ -788,7 +802,12 @@ class Exposure:
         attrs = g.attrs["cvt"]
         out = {}
         for col in attrs["columns"]:
-            values = g[col][:]
+            try:
+                values = g[col][:]
+            except Exception as exc:  # say which column: zarr's own message does not
+                raise ExposureError(
+                    f"{name}/{col} cannot be read ({type(exc).__name__}: {exc})"
+                ) from exc
             if col in attrs["categories"]:
                 values = (
                     np.asarray(attrs["categories"][col], dtype=object)[values]

@@ -15,10 +15,12 @@ EPILOG = """\
 keys: wheel or +/- zoom, drag or arrows pan, F fit; B blink A/B, Shift+B auto-blink,
 Ctrl+B side by side; O overscan dock; Ctrl+O open an exposure, Ctrl+U open a URL,
 Ctrl+Shift+R open a repository (its latest exposure), Ctrl+Left/Right/L previous/next/latest.
-menus: File (Open exposure / URL / repository, Export view as PNG), View (histogram, health,
-FITS header, Show overscan), Compare (Compare with exposure / URL, Blink, Auto-blink, interval,
-Side by side, Stop comparing). The status bar reads out the focal-plane position,
-raft/CCD/amp, CCD and amp pixel, corrected and raw ADU, and RA/Dec where the headers allow.
+menus: File (Open exposure / URL / repository, Export view as PNG), View (Exposure summary,
+histogram, health, FITS header, Show overscan), Compare (Compare with exposure / URL, Blink,
+Auto-blink, interval, Side by side, Stop comparing). The toolbar switches outlines, labels,
+sources and health marks and picks the heat map's metric. The status bar reads out the
+focal-plane position, raft/CCD/amp, CCD and amp pixel, corrected and raw ADU (or why there is
+no data), and RA/Dec where the headers allow; it names what of the exposure is unreadable.
 """
 
 

@@ -71,7 +71,7 @@ def run_view(
         else:
             w.resize(*size)
     if screenshot is not None:
-        for dock in (w.hist_dock, w.health_dock, w.header_dock):
+        for dock in (w.hist_dock, w.health_dock, w.header_dock, w.summary_dock):
             dock.hide()
     if settings:
         w.set_settings(**settings)
@@ -97,8 +97,9 @@ def run_view(
         if overlay is None or state["tables"]:
             return
         if overlay not in w.metrics:
+            why = w.problems.get("metrics table")
             names = ", ".join(list(w.metrics)[:20]) or "none: the exposure has no metrics table"
-            fail(f"no metric {overlay!r} (metrics: {names})", 2)
+            fail(f"no metric {overlay!r} ({why or f'metrics: {names}'})", 2)
             return
         w.set_metric(overlay)
         state["tables"] = True
@@ -147,7 +148,8 @@ def run_view(
 
         def watchdog() -> None:
             if not state["written"] and state["code"] == 0:
-                fail(f"timed out after {time.monotonic() - t0:.0f} s waiting for tiles", 1)
+                what = "the metrics and sources tables" if w._tables_pending else "tiles"
+                fail(f"timed out after {time.monotonic() - t0:.0f} s waiting for {what}", 1)
 
         QTimer.singleShot(int(timeout * 1000), watchdog)
     app.exec()

@@ -8,8 +8,9 @@ from collections.abc import Iterable, Mapping
 STATUS_ORDER = {"fail": 0, "warning": 1, "known": 2}  # the statuses listed (not "ok")
 
 
-def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict], str]:
-    """Run on a worker. Returns (rows, one-line summary)."""
+def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict], str, dict]:
+    """Run on a worker. Returns (rows, one-line summary, counts: amps of each status, ``ok``
+    and ``amps`` included)."""
     try:
         from core.health import evaluate
     except ImportError as exc:
@@ -26,7 +27,8 @@ def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict],
         f"{exposure.obsid}: {n['fail']} failing, {n['warning']} warning, {n['known']} known "
         f"problem amps of {n_amps}"
     )
-    return rows, summary
+    counts = {**n, "ok": n_amps - sum(n.values()), "amps": n_amps}
+    return rows, summary, counts
 
 
 def report_rows(report) -> list[dict]:

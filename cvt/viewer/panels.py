@@ -71,10 +71,13 @@ class HistogramPanel(QWidget):
 
 
 class ColourBar(QWidget):
-    """A horizontal colour bar with its two end values and a title."""
+    """A horizontal colour bar with its two end values and a title, on a dark plate (it is
+    drawn over the picture)."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
+        self.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
+        self.setStyleSheet("ColourBar { background: rgba(0, 0, 0, 170); } QLabel { color: white; }")
         self.title = QLabel("")
         self.bar = QLabel()
         self.lo = QLabel("")
@@ -92,6 +95,10 @@ class ColourBar(QWidget):
         self.lo.setText(f"{lo:.4g}")
         self.hi.setText(f"{hi:.4g}")
         self.title.setText(title)
+        self.adjustSize()
+        parent = self.parentWidget()
+        if hasattr(parent, "set_corner_widget"):  # placed again: its size changed
+            parent.set_corner_widget(self)
 
 
 STATUS_COLOURS = {

@@ -154,12 +154,13 @@ class Location:
     amp_u: int = -1
     amp_v: int = -1
     absent: bool = False  # a detector of the camera that is not in this exposure
+    unreadable: str | None = None  # why a detector of the exposure cannot be read (then absent)
 
 
 @dataclass
 class Layout:
-    """The focal plane of one exposure: the overview, the stored detectors and their amps, and
-    the camera's detectors that are absent from it."""
+    """The focal plane of one exposure: the overview, the stored detectors and their amps, the
+    camera's detectors that are absent from it, and those it lists but cannot read."""
 
     overview: Source | None
     sources: dict[str, Source]
@@ -167,6 +168,8 @@ class Layout:
     absent: list[tuple[str, Rect]] = field(default_factory=list)
     rafts: list[tuple[str, Rect]] = field(default_factory=list)
     camera_bounds: Rect | None = None
+    unreadable: list[tuple[str, Rect]] = field(default_factory=list)  # drawn apart from absent
+    problems: dict[str, str] = field(default_factory=dict)  # what cannot be read -> why
 
     def __post_init__(self) -> None:
         self.by_name = {d.name: d for d in self.detectors}
@@ -190,7 +193,7 @@ class Layout:
     @property
     def bounds(self) -> Rect:
         """The box around every detector, stored or absent (the camera's focal plane)."""
-        boxes = [d.bounds for d in self.detectors] + [r for _, r in self.absent]
+        boxes = [d.bounds for d in self.detectors] + [r for _, r in self.absent + self.unreadable]
         if not boxes and self.overview is not None:
             boxes = [self.overview.bounds(0)]
         if not boxes:
@@ -304,9 +307,10 @@ class Layout:
         b = self.det_bounds
         hit = np.flatnonzero((b[:, 0] <= fx) & (b[:, 2] > fx) & (b[:, 1] <= fy) & (b[:, 3] > fy))
         if hit.size == 0:
-            for name, (x0, y0, x1, y1) in self.absent:
+            for name, (x0, y0, x1, y1) in self.absent + self.unreadable:
                 if x0 <= fx < x1 and y0 <= fy < y1:
                     loc.detector, loc.absent = name, True
+                    loc.unreadable = self.problems.get(name)
             return loc
         d = self.detectors[int(hit[0])]
         row, col = int(math.floor(fy - d.origin[1])), int(math.floor(fx - d.origin[0]))
@@ -340,7 +344,7 @@ class Layout:
             except KeyError:
                 return None
             return f"{det}_{amp}", tuple(self.amp_boxes[i]), i
-        for name, rect in self.absent:
+        for name, rect in self.absent + self.unreadable:
             if name == det and amp is None:
                 return det, rect, -1
         return None
@@ -370,11 +374,13 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
     """The layout of an opened ``core.exposure.Exposure`` and its ``DetectorImage`` objects by
     name. Metadata only (consolidated), but call it off the GUI thread all the same."""
     infos, images = [], {}
+    problems: dict[str, str] = {}
     amp_start = 0
     for name in exposure.detector_names:
         try:
             det = exposure.detector(name)
-        except Exception:  # a detector listed but unreadable is drawn as absent
+        except Exception as exc:  # listed but unreadable: said, and the rest still opens
+            problems[name] = f"metadata unreadable ({_why(exc)})"
             continue
         info = detector_info(det, len(infos), amp_start)
         amp_start += len(info.amps)
@@ -400,22 +406,29 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
             tuple(shapes),
             tuple(chunks),
         )
-    except Exception:  # no overview (or a broken one): the detectors alone
+    except Exception as exc:  # no overview (or a broken one): the detectors alone
         overview = None
-    absent, rafts, cam_bounds = [], [], None
+        problems["overview"] = f"unreadable ({_why(exc)}); the detectors are drawn alone"
+    absent, unreadable, rafts, cam_bounds = [], [], [], None
     if camera is not None:
         present = {d.name for d in infos}
         raft_boxes: dict[str, list[Rect]] = {}
         for det in camera.detectors:
             raft_boxes.setdefault(det.raft, []).append(det.fp_bounds)
-            if det.name not in present:
+            if det.name in problems:
+                unreadable.append((det.name, det.fp_bounds))
+            elif det.name not in present:
                 absent.append((det.name, det.fp_bounds))
         for raft, boxes in raft_boxes.items():
             b = np.array(boxes)
             rafts.append((raft, (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max())))
         cam_bounds = camera.fp_bounds
-    layout = Layout(overview, sources, infos, absent, rafts, cam_bounds)
+    layout = Layout(overview, sources, infos, absent, rafts, cam_bounds, unreadable, problems)
     return layout, images
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,13 +15,14 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QPixmap, QTransform
-from PySide6.QtWidgets import QGraphicsPixmapItem
+from PySide6.QtWidgets import QGraphicsPixmapItem, QWidget
 
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.tiles import Rect, Tile, TileKey
 
 BACKGROUND = QColor(24, 24, 28)
 MIN_RANGE = 6.0  # focal-plane pixels across the view at the deepest zoom
+CORNER_MARGIN = 6  # screen pixels between a corner widget and the view's edges
 
 
 class FocalPlaneView(pg.GraphicsView):
@@ -50,6 +51,23 @@ class FocalPlaneView(pg.GraphicsView):
         self._fly.timeout.connect(self._fly_step)
         self._fly_path: tuple | None = None
         self.fly_duration_ms = 350
+        self._corner: QWidget | None = None
+
+    def set_corner_widget(self, widget: QWidget) -> None:
+        """A small widget (a legend) kept in the lower left corner, over the picture."""
+        self._corner = widget
+        self._place_corner()
+
+    def _place_corner(self) -> None:
+        w = getattr(self, "_corner", None)  # resized once inside the base class's __init__
+        if w is not None:
+            w.adjustSize()
+            w.move(CORNER_MARGIN, self.height() - w.height() - CORNER_MARGIN)
+            w.raise_()
+
+    def resizeEvent(self, ev) -> None:
+        super().resizeEvent(ev)
+        self._place_corner()
 
     # --- geometry
 

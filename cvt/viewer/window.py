@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.exposure import list_exposures, open_exposure
+from core.exposure import ExposureError, list_exposures, open_exposure
 from cvt.display import (
     COLORMAPS,
     LIMIT_MODES,
@@ -65,6 +65,7 @@ from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
 from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
+from cvt.viewer.summary import SummaryPanel, summary_lines
 from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
 from cvt.viewer.trendpanel import TrendControls
 from cvt.viewer.view import FocalPlaneView
@@ -87,6 +88,9 @@ SOURCES_MAX_PX = 4.0  # sources are drawn when a screen pixel is at most this ma
 HEAT_CMAP = "plasma"
 GIL_SWITCH_S = 0.0005
 HEALTH_OUTLINES = {"fail": (230, 40, 40, 255), "warning": (255, 170, 0, 255)}
+ABSENT_FILL = (255, 90, 90, 90)  # hatched: a detector not in the exposure, a tile with no data
+UNREADABLE_FILL = (255, 200, 0, 150)  # hatched: a detector the exposure lists but cannot read
+UNREADABLE_TEXT = QColor(255, 210, 60)
 
 
 _heap_frozen = False
@@ -150,7 +154,7 @@ def _open(url: str):
     outlines = {
         "rafts": outline_geometry([r for _, r in layout.rafts]),
         "ccds": outline_geometry(
-            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent]
+            [d.bounds for d in layout.detectors] + [r for _, r in layout.absent + layout.unreadable]
         ),
         "amps": outline_geometry(layout.amp_boxes),
     }
@@ -282,11 +286,15 @@ class ViewerWindow(QMainWindow):
         self._open_seq = 0
         self._keep_view = None
         self.metrics: dict = {}
+        self.heat_metric: str | None = None  # the heat map's metric as chosen (kept across opens)
         self.sources: dict = {}
         self._source_xy = None
         self._sources_shown = False
         self._sources_cover = None  # (positions, the rect whose sources are drawn)
         self.health_rows: list[dict] = []
+        self.health_counts: dict | None = None
+        self.problems: dict[str, str] = {}  # what of the exposure cannot be read -> why
+        self._tables_pending = False  # the metrics and sources tables are being read
         self._pixel_busy = False
         self._pixel_next = None
         self.hists: dict = {}
@@ -325,7 +333,8 @@ class ViewerWindow(QMainWindow):
         self.setWindowFlags(Qt.WindowType.Widget)
         for tb in self.findChildren(QToolBar):
             tb.hide()
-        for dock in (self.hist_dock, self.health_dock, self.header_dock, self.overscan.dock):
+        docks = (self.hist_dock, self.health_dock, self.header_dock, self.summary_dock)
+        for dock in (*docks, self.overscan.dock):
             dock.hide()
         self.menuBar().hide()
         self.statusBar().hide()
@@ -335,6 +344,11 @@ class ViewerWindow(QMainWindow):
     # ------------------------------------------------------------------ UI
 
     def _build_ui(self) -> None:
+        self.summary_panel = SummaryPanel(self)
+        self.summary_dock = self._dock(
+            "Exposure summary", self.summary_panel, Qt.DockWidgetArea.RightDockWidgetArea
+        )
+        self.summary_dock.hide()
         tb = QToolBar("view", self)
         tb.setObjectName("view-toolbar")
         self.addToolBar(tb)
@@ -355,6 +369,12 @@ class ViewerWindow(QMainWindow):
             act.setShortcut(QKeySequence(key))
             act.triggered.connect(lambda _=False, step=step: self.navigate(step))
             tb.addAction(act)
+        self.summary_action = self.summary_dock.toggleViewAction()
+        self.summary_action.setText("summary")
+        self.summary_action.setToolTip(
+            "the exposure's summary: what it is, what is missing or failed"
+        )
+        tb.addAction(self.summary_action)
         self.follow_controls = FollowControls(self, tb)
         self.follower = self.follow_controls.follower
         act_fit = QAction("Fit", self)
@@ -377,21 +397,28 @@ class ViewerWindow(QMainWindow):
         tb.addWidget(self.outlines_check)
         self.labels_check = QCheckBox("labels", self)
         self.labels_check.setChecked(True)
-        self.labels_check.toggled.connect(lambda on: self.labels.setVisible(on))
+        self.labels_check.toggled.connect(self.set_labels_visible)
         tb.addWidget(self.labels_check)
         self.sources_check = QCheckBox("sources", self)
         self.sources_check.setChecked(True)
         self.sources_check.toggled.connect(lambda _: self._update_sources())
         tb.addWidget(self.sources_check)
+        self.health_marks_check = QCheckBox("health marks", self)
+        self.health_marks_check.setToolTip("the health check's marks on failing and warning amps")
+        self.health_marks_check.setChecked(True)
+        self.health_marks_check.toggled.connect(lambda on: self.health_layer.setVisible(on))
+        tb.addWidget(self.health_marks_check)
         tb.addSeparator()
         tb.addWidget(QLabel(" metric ", self))
         self.metric_box = QComboBox(self)
         self.metric_box.addItem("(none)")
         self.metric_box.currentTextChanged.connect(self._metric_chosen)
         tb.addWidget(self.metric_box)
-        self.colour_bar = ColourBar(self)
+        # the heat map's colour bar, in the view's corner: always in sight (a toolbar too
+        # narrow for its widgets drops the last ones into a menu) and in every picture taken
+        self.colour_bar = ColourBar(self.view)
+        self.view.set_corner_widget(self.colour_bar)
         self.colour_bar.setVisible(False)
-        tb.addWidget(self.colour_bar)
         tb.addSeparator()
         self.health_action = QAction("Health check", self)
         self.health_action.triggered.connect(self.run_health)
@@ -424,6 +451,7 @@ class ViewerWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.progress_label)
         self.overscan = OverscanDock(self)
         menu = self.menuBar().addMenu("&View")
+        menu.addAction(self.summary_action)
         menu.addAction(self.hist_dock.toggleViewAction())
         menu.addAction(self.health_dock.toggleViewAction())
         menu.addAction(self.header_dock.toggleViewAction())
@@ -473,6 +501,7 @@ class ViewerWindow(QMainWindow):
         self.ccd_outlines = OutlineLayer(QColor(120, 180, 255, 120), 1.0)
         self.amp_outlines = OutlineLayer(QColor(200, 200, 200, 90), 1.0, min_screen_px=25)
         self.labels = LabelLayer()
+        self.chunk_labels = LabelLayer(QColor(255, 150, 150, 230))  # why a tile has no data
         self.absent_layer = RectLayer(opacity=0.8)
         self.absent_layer.fill_style = Qt.BrushStyle.BDiagPattern
         self.heat_layer = RectLayer(opacity=0.75)
@@ -492,6 +521,7 @@ class ViewerWindow(QMainWindow):
             (self.health_layer, Z_HEALTH),
             (self.sources_item, Z_SOURCES),
             (self.labels, Z_LABEL),
+            (self.chunk_labels, Z_LABEL),
             (self.highlight, Z_HIGHLIGHT),
         ):
             item.setZValue(z)
@@ -587,6 +617,7 @@ class ViewerWindow(QMainWindow):
 
     def _on_opened(self, result) -> None:
         exposure, layout, images, outlines = result
+        seq = self._open_seq
         self._opening = False
         self.exposure, self.layout, self.images = exposure, layout, images
         self.loader.reset(exposure, images, layout)
@@ -603,8 +634,10 @@ class ViewerWindow(QMainWindow):
         self.view.clear_tiles()
         self.setWindowTitle(f"CVT — {exposure.obsid}")
         self.metrics, self.sources, self._source_xy = {}, {}, None
+        self.problems = dict(layout.problems)
         self._update_sources()
         self._static_overlays(outlines)
+        self._update_summary()
         self.view.set_extent(layout.bounds)
         if self._keep_view is not None:
             self.view.set_rect(self._keep_view)
@@ -617,8 +650,17 @@ class ViewerWindow(QMainWindow):
             self.loader.load_resident(ov.keys(coarsest), first=True)
             for level in range(coarsest - 1, -1, -1):
                 self.loader.load_resident(ov.keys(level))
+        self._tables_pending = True
         self.runner.submit(
-            "io", _read_tables, exposure, on_done=self._on_tables, on_error=lambda e: None
+            "io",
+            _read_tables,
+            exposure,
+            on_done=lambda res: self._on_tables(res) if seq == self._open_seq else None,
+            on_error=lambda e: (
+                self._on_tables(({}, {}, None, {"metrics and sources": _why(e)}))
+                if seq == self._open_seq
+                else None
+            ),
         )
         self.sky = None
         self.runner.submit(
@@ -1099,7 +1141,7 @@ class ViewerWindow(QMainWindow):
 
     def is_settled(self) -> bool:
         """Every tile the view needs is in and drawn with the current statistics and stretch."""
-        if self.layout is None or self._opening or self.loader.busy:
+        if self.layout is None or self._opening or self.loader.busy or self._tables_pending:
             return False
         if self.loader.retry_pending:
             return False
@@ -1141,10 +1183,28 @@ class ViewerWindow(QMainWindow):
             f"queued {self.loader.queued}  cache {self.cache.nbytes / 2**20:.0f}/"
             f"{self.cache.budget / 2**20:.0f} MB"
         )
-        note = self.loader.failure_note()
+        note = "  —  ".join(n for n in (self.loader.failure_note(), self._damage_note()) if n)
         self.progress_label.setToolTip(note)
         if note:
             self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
+
+    def _damage_note(self) -> str:
+        """For the status bar: what of the exposure cannot be read, and the CCDs the ingest
+        could not take (the reasons are in the exposure summary)."""
+        failed = [
+            f for f in (self.exposure.attrs.get("failures") or []) if not f.get("detector_kept")
+        ]
+        parts = []
+        if self.problems:
+            parts.append(f"unreadable: {', '.join(self.problems)}")
+        if failed:
+            parts.append(f"{len(failed)} CCD{'s' if len(failed) != 1 else ''} failed at ingest")
+        return f"{'; '.join(parts)} (View → Exposure summary)" if parts else ""
+
+    def _update_summary(self) -> None:
+        if self.exposure is not None:
+            rows = summary_lines(self.exposure.attrs, self.problems, self.health_counts)
+            self.summary_panel.set_summary(rows)
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
@@ -1185,18 +1245,26 @@ class ViewerWindow(QMainWindow):
         self.labels.add_labels(
             [(f"{n.split('_')[1]} absent", r, QColor(255, 120, 120)) for n, r in layout.absent], 70
         )
-        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
-        self.absent_layer.set_rects(
-            [r for _, r in layout.absent], fill=[(255, 90, 90, 90)] * len(layout.absent)
+        self.labels.add_labels(
+            [(f"{n.split('_')[1]} unreadable", r, UNREADABLE_TEXT) for n, r in layout.unreadable],
+            70,
         )
+        self.labels.add_labels(layout.amp_names, 45, boxes=layout.amp_boxes)
+        self._update_absent()
         self.heat_layer.clear()
+        self.colour_bar.setVisible(False)  # until this exposure's metrics are in
         self.health_layer.clear()
         self.highlight.clear()
         self.health_rows = []
+        self.health_counts = None
         self.health_panel.set_rows([], "")
 
     def set_outlines_visible(self, on: bool) -> None:
         for item in (self.raft_outlines, self.ccd_outlines, self.amp_outlines):
+            item.setVisible(on)
+
+    def set_labels_visible(self, on: bool) -> None:
+        for item in (self.labels, self.chunk_labels):
             item.setVisible(on)
 
     def _update_absent(self) -> None:
@@ -1207,33 +1275,50 @@ class ViewerWindow(QMainWindow):
         if state == self._absent_drawn:
             return
         self._absent_drawn = state
-        boxes = [r for _, r in self.layout.absent]
-        for key in self._absent_tiles:
+        boxes = [r for _, r in self.layout.unreadable + self.layout.absent]
+        fills = [UNREADABLE_FILL] * len(self.layout.unreadable)
+        fills += [ABSENT_FILL] * len(self.layout.absent)
+        labels = []
+        for key, tile in self._absent_tiles.items():
             src = self.layout.sources[key.source]
             boxes.append(src.tile_rect(*_kl(key)))
-        self.absent_layer.set_rects(boxes, fill=[(255, 90, 90, 90)] * len(boxes))
+            fills.append(ABSENT_FILL)
+            labels.append((_absent_label(tile.absent), boxes[-1]))
+        self.absent_layer.set_rects(boxes, fill=fills)
+        self.chunk_labels.set_labels(labels, min_screen_px=90)
 
     def _on_tables(self, tables) -> None:
-        metrics, sources, positions = tables
+        metrics, sources, positions, errors = tables
+        self._tables_pending = False
         self.metrics, self.sources, self._source_xy = metrics, sources, positions
+        for name, why in errors.items():
+            self.problems[f"{name} table"] = why
         names = metric_names(metrics)
         self.metric_box.blockSignals(True)
         self.metric_box.clear()
         self.metric_box.addItems(["(none)", *names])
+        if self.heat_metric in names:  # the metric chosen for an earlier exposure, on this one
+            self.metric_box.setCurrentText(self.heat_metric)
         self.metric_box.blockSignals(False)
+        self._show_metric(self.heat_metric)
         self._update_sources()
+        self._update_summary()
+        self._update_progress()
+        self._schedule_settle_check()
         self.tables_loaded.emit()
-
-    def set_metrics(self, metrics: dict) -> None:
-        """Use this metrics table (columns ``detector``, ``amp`` and numbers)."""
-        self._on_tables((metrics, self.sources, self._source_xy))
 
     def set_metric(self, name: str | None) -> None:
         self.metric_box.setCurrentText(name or "(none)")
         self._metric_chosen(name or "(none)")
 
     def _metric_chosen(self, name: str) -> None:
-        if self.layout is None or name in ("", "(none)") or name not in self.metrics:
+        """The user's choice: kept when another exposure is opened, and drawn again on it as
+        soon as its metrics are in."""
+        self.heat_metric = None if name in ("", "(none)") else name
+        self._show_metric(self.heat_metric)
+
+    def _show_metric(self, name: str | None) -> None:
+        if self.layout is None or name is None or name not in self.metrics:
             self.heat_layer.clear()
             self.colour_bar.setVisible(False)
             return
@@ -1241,6 +1326,7 @@ class ViewerWindow(QMainWindow):
         finite = np.isfinite(values)
         if not finite.any():
             self.heat_layer.clear()
+            self.colour_bar.setVisible(False)
             return
         lo, hi = float(values[finite].min()), float(values[finite].max())
         rgb = heat_colours(values, lo, hi, HEAT_CMAP)
@@ -1295,9 +1381,10 @@ class ViewerWindow(QMainWindow):
         )
 
     def _on_health(self, result) -> None:
-        rows, summary = result
+        rows, summary, counts = result
         self.health_action.setEnabled(True)
-        self.health_rows = rows
+        self.health_rows, self.health_counts = rows, counts
+        self._update_summary()
         self.health_panel.set_rows(rows, summary)
         self.health_dock.show()
         self.statusBar().showMessage(summary, 8000)
@@ -1338,6 +1425,8 @@ class ViewerWindow(QMainWindow):
         sky = sky_text(self.sky, loc.fx, loc.fy)
         if loc.detector is None:
             return "   ".join([parts[0], sky]).rstrip()
+        if loc.unreadable:
+            return f"{parts[0]}  {loc.detector}: unreadable, {loc.unreadable}   {sky}".rstrip()
         if loc.absent:
             return f"{parts[0]}  {loc.detector}: not in this exposure   {sky}".rstrip()
         raft, slot = loc.detector.split("_")
@@ -1346,11 +1435,16 @@ class ViewerWindow(QMainWindow):
         if loc.amp:
             parts.append(f"amp ({loc.amp_u}, {loc.amp_v})")
         value = self._shown_value(loc)
-        if exact is not None:
+        missing = self._absent_under(loc)
+        if exact is not None and exact.get("missing"):
+            parts.append(f"no data ({exact['missing']})")
+        elif exact is not None:
             raw = exact.get("raw")
             parts.append(
                 f"corrected {exact['corrected']}  raw {raw if raw is not None else '-'} ADU"
             )
+        elif missing:
+            parts.append(f"no data ({missing})")
         elif value is not None:
             v, level = value
             parts.append(
@@ -1360,6 +1454,19 @@ class ViewerWindow(QMainWindow):
         if sky:
             parts.append(sky)
         return "   ".join(parts)
+
+    def _absent_under(self, loc) -> str | None:
+        """Why the tile drawn under the cursor has no data (a missing chunk, a read error)."""
+        src = self.layout.sources.get(loc.detector)
+        if src is None or not self._absent_tiles:
+            return None
+        for level in range(src.n_levels):
+            cy, cx = src.chunks[level]
+            key = TileKey(loc.detector, level, (loc.row >> level) // cy, (loc.col >> level) // cx)
+            tile = self._absent_tiles.get(key)
+            if tile is not None:
+                return tile.absent
+        return None
 
     def _shown_value(self, loc):
         """The value under the cursor from the finest tile in memory (no read)."""
@@ -1478,14 +1585,20 @@ def _header_text(image) -> str:
 
 
 def _read_tables(exposure):
-    """Worker: the metrics and sources tables, and the sources' positions sorted by x."""
-    out = []
+    """Worker: the metrics and sources tables, the sources' positions sorted by x, and why a
+    table could not be read (that table is then empty: the rest still works)."""
+    out, errors = [], {}
     for name in ("metrics", "sources"):
         try:
             out.append(exposure.table(name))
-        except Exception:  # a table that cannot be read is no table: the rest still works
+        except Exception as exc:
             out.append({})
-    return (*out, sorted_positions(out[1]))
+            errors[name] = _why(exc)
+    return (*out, sorted_positions(out[1]), errors)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ExposureError) else f"{type(exc).__name__}: {exc}"
 
 
 def sorted_positions(sources: dict):
@@ -1555,6 +1668,11 @@ def source_positions(sources: dict):
                 sources[yn], dtype=np.float64
             )
     return None
+
+
+def _absent_label(reason: str | None) -> str:
+    """The short label drawn on a tile that has no data."""
+    return "read error" if (reason or "").startswith("read error") else (reason or "no data")
 
 
 def _inside(a, b) -> bool:

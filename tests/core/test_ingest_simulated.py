@@ -92,6 +92,27 @@ def test_stars_land_where_the_truth_puts_them(simulated):
     assert checked == 5
 
 
+def test_a_pixel_of_a_missing_chunk_says_so(simulated, tmp_path):
+    """zarr reads a chunk the store lacks as its fill value (0): the hover readout then showed
+    "corrected 0 raw <bias>", values the CCD never had. ``pixel`` says the data is missing."""
+    import shutil
+
+    _, reports, _ = simulated
+    copy = tmp_path / Path(reports[0].path).name
+    shutil.copytree(reports[0].path, copy)
+    (copy / "detectors" / "R22_S11" / "0" / "c" / "1" / "2").unlink()
+    det = open_exposure(copy).detector("R22_S11")
+    gone = det.pixel(512 + 7, 1024 + 9)
+    assert gone["missing"] == "missing chunk"
+    assert gone["corrected"] is None and gone["raw"] is None
+    assert gone["amp"] is not None  # where it is still holds
+    kept = det.pixel(7, 9)
+    assert kept["missing"] is None and kept["corrected"] == int(det.level(0)[7, 9])
+    assert kept["raw"] == open_exposure(reports[0].path).detector("R22_S11").pixel(7, 9)["raw"]
+    with pytest.raises(IndexError):
+        det.pixel(4004, 0)
+
+
 def test_a_failing_step_never_stops_the_exposure(tmp_path, monkeypatch):
     """An unexpected error in one CCD's metrics keeps its pixels (and says so); an unexpected
     error in another CCD's processing drops only that CCD."""

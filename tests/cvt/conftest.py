@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -110,23 +110,45 @@ def sim_exposure(tmp_path_factory):
     return _ingested_simulation(tmp_path_factory, "viewer-sim", dead_amp="C03")
 
 
-def truth_metrics(truth: dict) -> dict[str, np.ndarray]:
-    """A metrics table from the simulation truth (for when the store has none)."""
-    cols: dict[str, list] = {"detector": [], "amp": [], "read_noise_e": [], "dead": []}
-    for f in truth["files"]:
-        for a in f["amps"]:
-            cols["detector"].append(f["detector"])
-            cols["amp"].append(a["amp"])
-            cols["read_noise_e"].append(float(a["read_noise_e"]))
-            cols["dead"].append(1.0 if a.get("dead") else 0.0)
-    return {
-        k: np.asarray(v, dtype=object if k in ("detector", "amp") else float)
-        for k, v in cols.items()
-    }
-
-
 @pytest.fixture(scope="session")
 def sim_exposure_b(tmp_path_factory):
     """The exposure of ``sim_exposure`` again (same seed, same pixels amp by amp), except that
     the dead amp is R22_S11_C12 instead of R22_S11_C03: (store path, truth dict)."""
     return _ingested_simulation(tmp_path_factory, "viewer-sim-b", dead_amp="C12")
+
+
+@pytest.fixture(scope="session")
+def sim_failed(tmp_path_factory):
+    """An exposure of two simulated CCDs (seq 2) whose R22_S12 file is cut short after its
+    headers: R22_S11 ingested, R22_S12 a failure with its reason, 204 detectors missing."""
+    simulate = pytest.importorskip("core.simulate")
+    from core.ingest import ingest
+
+    root = tmp_path_factory.mktemp("viewer-failed")
+    sim = simulate.simulate_exposure(
+        root / "raw", detectors=list(SIM_DETECTORS), seed=11, seq=2, faults=False, workers=1
+    )
+    bad = next(f for f in sim.files if "R22_S12" in Path(f).name)
+    data = Path(bad).read_bytes()
+    Path(bad).write_bytes(data[: len(data) // 3])
+    reports, unreadable = ingest([root / "raw"], root / "repo", workers=1)
+    assert not unreadable and reports[0].ok and len(reports[0].failures) == 1, reports
+    return reports[0].path
+
+
+def damaged_copy(path, dest: Path, *, detector=None, overview=False, metrics=False) -> Path:
+    """A copy of an exposure store with parts made unreadable: a ``detector``'s metadata (its
+    ``zarr.json`` garbled, and its copy in the root's consolidated metadata, which is what
+    readers parse, stripped of its attributes), the ``overview``'s metadata the same way, a
+    chunk of the ``metrics`` table overwritten with garbage."""
+    store = dest / Path(path).name
+    shutil.copytree(path, store)
+    nodes = ([f"detectors/{detector}"] if detector else []) + (["overview"] if overview else [])
+    root = json.loads((store / "zarr.json").read_text())
+    for node in nodes:
+        (store / node / "zarr.json").write_bytes(b'{"zarr_format": 3, "node_ty')
+        root["consolidated_metadata"]["metadata"][node]["attributes"] = {}
+    (store / "zarr.json").write_text(json.dumps(root))
+    if metrics:
+        (store / "metrics" / "read_noise_e" / "c" / "0").write_bytes(b"not a blosc frame" * 8)
+    return store

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cvt.conftest import open_and_settle, truth_metrics, wait_settled
+from tests.cvt.conftest import open_and_settle, wait_settled
 
 pytestmark = pytest.mark.gui
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,26 @@ def rgb_at(w, image, fx, fy, r=1):
         for j in range(-r, r + 1)
     ]
     return np.mean(px, axis=0)
+
+
+def mouse_to(qtbot, w, fx, fy) -> None:
+    """The mouse moved onto a focal-plane point, until the window has it (from beside it: a
+    move to where the cursor already is, as a test before may have left it, is no move)."""
+    from PySide6.QtCore import QPoint
+    from PySide6.QtTest import QTest
+
+    p = w.view.fp_to_widget(fx, fy)
+    x, y = round(p.x()), round(p.y())
+    QTest.mouseMove(w.view.viewport(), QPoint(x + 9, y + 7))
+    qtbot.wait(20)
+    QTest.mouseMove(w.view.viewport(), QPoint(x, y))
+    near = 1.5 * w.view.pixel_size()
+
+    def there():
+        loc = w._hover_loc
+        return loc is not None and abs(loc.fx - fx) < near and abs(loc.fy - fy) < near
+
+    qtbot.waitUntil(there, timeout=5000)
 
 
 def amp_box(w, det, amp):
@@ -276,9 +296,8 @@ def test_dead_amp_hot_column_and_star_are_drawn(viewer, qtbot, sim_exposure):
 def test_heat_map_colours_the_noisy_amp(viewer, qtbot, sim_exposure):
     path, truth = sim_exposure
     w = viewer()
-    open_and_settle(qtbot, w, path)
-    if "read_noise_e" not in w.metrics:
-        w.set_metrics(truth_metrics(truth))
+    open_and_settle(qtbot, w, path)  # settled: the store's own metrics are in
+    assert "read_noise_e" in w.metrics
     noisy = fault(truth, "noisy_amp")
     w.set_metric("read_noise_e")
     assert w.colour_bar.isVisible() and w.colour_bar.title.text() == "read_noise_e"
@@ -297,9 +316,63 @@ def test_heat_map_colours_the_noisy_amp(viewer, qtbot, sim_exposure):
         assert cool[2] > cool[1] + 40, (amp, cool)
 
 
+def test_the_chosen_metric_is_drawn_on_the_next_exposure(
+    viewer, qtbot, sim_exposure, sim_exposure_b, tmp_path
+):
+    """The heat map's metric is the user's choice, not the exposure's: opening another one
+    clears the old map and colour bar at once, and draws the same metric for the new one as
+    soon as its metrics are in."""
+    from tests.cvt.test_follow import publish_copy
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    publish_copy(Path(sim_exposure[0]), repo, "MC_O_20261125_000001")  # dead: R22_S11_C03
+    publish_copy(Path(sim_exposure_b[0]), repo, "MC_O_20261125_000002")  # dead: R22_S11_C12
+    w = viewer()
+    open_and_settle(qtbot, w, repo / "MC_O_20261125_000001.zarr")
+    qtbot.waitUntil(lambda: "dead" in w.metrics, timeout=10000)
+    w.metric_box.setCurrentText("dead")  # the toolbar's metric box
+    assert w.colour_bar.isVisible() and w.colour_bar.title.text() == "dead"
+
+    def dead_and_alive():
+        assert w.goto("R22_S11")
+        wait_settled(qtbot, w)
+        img = grab(w)
+        colour = {}
+        for amp in ("C03", "C12"):
+            x0, y0, x1, y1 = amp_box(w, "R22_S11", amp)
+            colour[amp] = rgb_at(w, img, (x0 + x1) / 2 + 50, y0 + 0.25 * (y1 - y0), r=2)
+        return colour
+
+    def dead(c):  # the top of plasma: yellow
+        return c[0] > 170 and c[1] > 150 and c[2] < 140
+
+    def alive(c):  # the bottom of plasma: blue-violet
+        return c[2] > c[1] + 40
+
+    colour = dead_and_alive()
+    assert dead(colour["C03"]) and alive(colour["C12"]), colour
+    at_open = []
+    w.opened.connect(
+        lambda _: at_open.append((w.colour_bar.isVisible(), bool(w.heat_layer._fills)))
+    )
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(+1)
+    assert at_open == [(False, False)]  # the old exposure's map and bar went with it
+    qtbot.waitUntil(w.colour_bar.isVisible, timeout=10000)
+    assert w.metric_box.currentText() == "dead" and w.colour_bar.title.text() == "dead"
+    colour = dead_and_alive()
+    assert dead(colour["C12"]) and alive(colour["C03"]), colour
+    # "(none)" is a choice too: no map on the next exposure
+    w.metric_box.setCurrentText("(none)")
+    with qtbot.waitSignal(w.opened, timeout=10000):
+        w.navigate(-1)
+    wait_settled(qtbot, w)
+    qtbot.waitUntil(lambda: "dead" in w.metrics, timeout=10000)
+    assert not w.colour_bar.isVisible() and not w.heat_layer._fills
+
+
 def test_hover_reads_out_the_exact_pixel(viewer, qtbot, sim_exposure):
-    from PySide6.QtCore import QPoint
-    from PySide6.QtTest import QTest
 
     path, _ = sim_exposure
     w = viewer()
@@ -309,8 +382,7 @@ def test_hover_reads_out_the_exact_pixel(viewer, qtbot, sim_exposure):
     fx, fy = det.origin[0] + col + 0.5, det.origin[1] + row + 0.5
     w.view.set_rect((fx - 400, fy - 300, fx + 400, fy + 300))  # a level-1 view: not exact
     wait_settled(qtbot, w)
-    p = w.view.fp_to_widget(fx, fy)
-    QTest.mouseMove(w.view.viewport(), QPoint(round(p.x()), round(p.y())))
+    mouse_to(qtbot, w, fx, fy)
     qtbot.waitUntil(lambda: "corrected" in w.status_text, timeout=10000)
     want = det.pixel(row, col)
     text = w.status_text
@@ -329,9 +401,8 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
 
     path, truth = sim_exposure
     w = viewer()
-    open_and_settle(qtbot, w, path)
-    if not w.metrics:
-        w.set_metrics(truth_metrics(truth))
+    open_and_settle(qtbot, w, path)  # settled: the store's own metrics are in
+    assert w.metrics
     with qtbot.waitSignal(w.health_done, timeout=20000) as done:
         w.run_health()
     rows = done.args[0]
@@ -339,6 +410,10 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
     for kind in ("dead_amp", "noisy_amp"):
         f = fault(truth, kind)
         assert flagged[(f["detector"], f["amp"])]["status"] == "fail", (kind, rows)
+    hot = fault(truth, "hot_column")
+    assert flagged[(hot["detector"], hot["amp"])]["status"] == "warning", rows
+    assert "bright_columns" in flagged[(hot["detector"], hot["amp"])]["reasons"]
+    assert len(rows) == 3  # and nothing else
     table = w.health_panel.table
     assert w.health_dock.isVisible() and table.rowCount() == len(rows)
     noisy = fault(truth, "noisy_amp")
@@ -360,6 +435,34 @@ def test_health_table_lists_the_faults_and_flies_there(viewer, qtbot, sim_exposu
     assert edge[0] > 200 and edge[1] > 200 and edge[2] < 80, edge
 
 
+def test_health_marks_are_drawn_and_hidden_by_the_toolbar(viewer, qtbot, sim_exposure):
+    path, truth = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    dead = fault(truth, "dead_amp")
+    assert w.goto(dead["detector"])
+    wait_settled(qtbot, w)
+    x0, y0, x1, y1 = amp_box(w, dead["detector"], dead["amp"])
+    edges = [(x0, y0 + f * (y1 - y0)) for f in (0.3, 0.7)] + [(x1, (y0 + y1) / 2)]
+
+    def red_edges():
+        img = grab(w)
+        return [bool(c[0] > 180 and c[1] < 90 and c[2] < 90) for c in
+                (rgb_at(w, img, x, y, r=0) for x, y in edges)]  # fmt: skip
+
+    assert red_edges() == [False] * 3  # no check has run: no marks
+    with qtbot.waitSignal(w.health_done, timeout=20000):
+        w.run_health()
+    qtbot.wait(10)
+    assert red_edges() == [True] * 3  # the failing amp outlined in red
+    w.health_marks_check.setChecked(False)
+    qtbot.wait(10)
+    assert red_edges() == [False] * 3
+    w.health_marks_check.setChecked(True)
+    qtbot.wait(10)
+    assert red_edges() == [True] * 3
+
+
 def test_stretch_and_colour_changes_never_read(viewer, qtbot, sim_exposure):
     path, _ = sim_exposure
     w = viewer()
@@ -377,10 +480,6 @@ def test_stretch_and_colour_changes_never_read(viewer, qtbot, sim_exposure):
     ):
         w.set_settings(**change)
         wait_settled(qtbot, w)
-    # dragging a limit line of the histogram panel asks for those limits
-    w.histogram.limits_dragged.emit(100.0, 1500.0)
-    assert w.settings.limits == "manual" and w.settings.manual == (100.0, 1500.0)
-    wait_settled(qtbot, w)
     assert (w.loader.reads, w.loader.requested) == (reads, requested)
     after = grab(w)
     assert after != before
@@ -423,7 +522,8 @@ def test_navigation_keys_goto_and_single_pixels(viewer, qtbot, sim_exposure):
     assert w._wanted and all(k.level == 0 and k in w.view.shown() for k in w._wanted)
 
 
-def test_missing_chunk_is_drawn_absent(viewer, qtbot, sim_exposure, tmp_path):
+def test_missing_chunk_is_hatched_labelled_and_read_out(viewer, qtbot, sim_exposure, tmp_path):
+
     path, _ = sim_exposure
     broken = tmp_path / Path(path).name
     shutil.copytree(path, broken)
@@ -445,6 +545,21 @@ def test_missing_chunk_is_drawn_absent(viewer, qtbot, sim_exposure, tmp_path):
     img = grab(w)
     pink = rgb_at(w, img, ox + 300, oy + 300, r=4)  # hatched red over the background
     assert pink[0] > pink[2]
+    # labelled: the label is drawn at the tile's centre, and goes with the labels switch
+    assert w.chunk_labels._texts == ["missing chunk"] and w.chunk_labels.drawn == 1
+    w.labels_check.setChecked(False)
+    qtbot.wait(10)
+    unlabelled = grab(w)
+    w.labels_check.setChecked(True)
+    qtbot.wait(10)
+    centre = (ox + 256, oy + 256)
+    assert np.abs(rgb_at(w, img, *centre, r=6) - rgb_at(w, unlabelled, *centre, r=6)).sum() > 20
+    # the hover says the data is missing, and invents no value (zarr's fill value was shown)
+    mouse_to(qtbot, w, ox + 300.5, oy + 300.5)
+    qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=5000)
+    qtbot.waitUntil(lambda: not w._pixel_busy, timeout=5000)  # the exact value came back
+    assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text
+    assert "R22 S11" in w.status_text and "ccd (" in w.status_text
 
 
 def test_unreadable_exposure_is_reported(viewer, qtbot, tmp_path):
@@ -505,6 +620,60 @@ def test_screenshot_of_the_whole_plane_of_a_small_exposure_finishes(sim_exposure
     res = _cvt("view", str(path), "--screenshot", str(out), "--size", "320x240", "--timeout", "40")
     assert res.returncode == 0, res.stderr
     assert out.stat().st_size > 0
+
+
+def plasma_ramp(image, rows: int = 60) -> int:
+    """The longest run of pixels along one of the bottom ``rows`` rows that climbs the plasma
+    colour map from its bottom to its top: a colour bar's ramp (a heat map's amps are flat)."""
+    from cvt.display import colormap
+    from tests.cvt.test_compare import as_array
+
+    table = colormap("plasma", 256) * 255.0
+    best = 0
+    for row in as_array(image)[-rows:].astype(np.float64):
+        d = ((row[:, None, :] - table[None, :, :]) ** 2).sum(axis=2)
+        idx, near = d.argmin(axis=1), d.min(axis=1) < 20**2
+        start = 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or not (near[i] and near[i - 1] and idx[i] >= idx[i - 1]):
+                if idx[start] < 30 and idx[i - 1] > 225:
+                    best = max(best, i - start)
+                start = i
+    return best
+
+
+def test_screenshot_of_a_heat_map_has_its_colour_bar(sim_exposure, tmp_path, qapp):
+    from PySide6.QtGui import QImage
+
+    from tests.cvt.test_compare import as_array
+
+    path, _ = sim_exposure
+    shots = {}
+    for name, extra in (("heat", ["--overlay", "read_noise_e"]), ("plain", [])):
+        out = tmp_path / f"{name}.png"
+        res = _cvt("view", str(path), "--screenshot", str(out), "--size", "640x480",
+                   "--goto", "R22_S12", "--timeout", "60", *extra)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        shots[name] = QImage(str(out))
+        assert (shots[name].width(), shots[name].height()) == (640, 480)
+    assert plasma_ramp(shots["heat"]) >= 120  # the colour bar, in the picture
+    assert plasma_ramp(shots["plain"]) == 0
+    # and the heat map: the noisy amp, one of R22_S12's 16, at the top of plasma (yellow)
+    a = as_array(shots["heat"]).astype(int)
+    yellow = (a[..., 0] > 200) & (a[..., 1] > 200) & (a[..., 2] < 80)
+    assert 0.02 < yellow.mean() < 0.1, yellow.mean()
+
+
+def test_screenshot_of_a_heat_map_whose_table_is_unreadable_says_why(sim_exposure, tmp_path, qapp):
+    """Instead of waiting out its timeout for a metric that will never come."""
+    from tests.cvt.conftest import damaged_copy
+
+    broken = damaged_copy(sim_exposure[0], tmp_path, metrics=True)
+    out = tmp_path / "heat.png"
+    res = _cvt("view", str(broken), "--screenshot", str(out), "--overlay", "read_noise_e",
+               "--timeout", "100")  # fmt: skip
+    assert res.returncode == 2 and not out.exists(), res.stderr
+    assert "no metric 'read_noise_e' (metrics/read_noise_e cannot be read" in res.stderr
 
 
 def test_pyside_reference_leaks_cannot_kill_the_interpreter(qapp):

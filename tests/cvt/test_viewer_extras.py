@@ -199,7 +199,13 @@ def test_cvt_view_without_a_path_runs_an_empty_window(qapp):
         qapp.quit()
 
     QTimer.singleShot(300, look_and_close)
-    assert main(["view"]) == 0
+    # closing the last window inside exec() would post a Quit that, handled after it, leaves
+    # the application quitting: every later event loop (each qtbot wait) would end at once
+    qapp.setQuitOnLastWindowClosed(False)
+    try:
+        assert main(["view"]) == 0
+    finally:
+        qapp.setQuitOnLastWindowClosed(True)
     assert seen == {
         "windows": 1,
         "shown": True,
@@ -217,3 +223,206 @@ def test_cvt_view_options_that_need_an_exposure(tmp_path):
     res = _cvt("view", "--help")
     assert res.returncode == 0 and "[PATH_OR_URL]" in res.stdout and "--compare" in res.stdout
     assert "O overscan" in res.stdout and "open a repository" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the overlay switches, sources, PNG export
+
+
+def patch(w, image, fx, fy, r=1) -> np.ndarray:
+    """The (2r+1)^2 pixels of a grabbed view around a focal-plane point, as int RGB."""
+    from tests.cvt.test_compare import as_array
+
+    p = w.view.fp_to_widget(fx, fy)
+    x, y = round(p.x()), round(p.y())
+    return as_array(image)[y - r : y + r + 1, x - r : x + r + 1].astype(int)
+
+
+def test_outline_and_label_switches_change_the_picture(viewer, qtbot, sim_exposure):
+    from tests.cvt.test_viewer import amp_box, grab
+
+    path, _ = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    assert w.goto("R22_S11")
+    wait_settled(qtbot, w)
+    # where amps meet (an outline), and inside amps away from their labels (none)
+    edges, inside, centres = [], [], []
+    for amp in ("C01", "C05", "C12", "C16"):
+        x0, y0, x1, y1 = amp_box(w, "R22_S11", amp)
+        edges += [(x1, y0 + f * (y1 - y0)) for f in (0.2, 0.4)]
+        inside.append(((x0 + x1) / 2, y0 + 0.2 * (y1 - y0)))
+        centres.append(((x0 + x1) / 2, (y0 + y1) / 2))
+    both = grab(w)
+    w.outlines_check.setChecked(False)
+    qtbot.wait(10)
+    no_outlines = grab(w)
+    w.outlines_check.setChecked(True)
+    w.labels_check.setChecked(False)
+    qtbot.wait(10)
+    no_labels = grab(w)
+    w.labels_check.setChecked(True)
+    qtbot.wait(10)
+
+    def changed(a, b, points, r):
+        """Pixels that differ, around each point."""
+        return [int((patch(w, a, *p, r) != patch(w, b, *p, r)).any(axis=2).sum()) for p in points]
+
+    assert min(changed(both, no_outlines, edges, 1)) >= 3  # every outline went
+    assert max(changed(both, no_outlines, inside + centres, 4)) == 0  # and nothing else
+    assert min(changed(both, no_labels, centres, 6)) >= 10  # every amp label went
+    assert max(changed(both, no_labels, inside + edges, 4)) == 0
+    assert grab(w) == both  # and all came back
+
+
+def green_near(w, image, fx, fy, radius=12) -> int:
+    """Pixels of the sources' green rings within ``radius`` screen pixels of a point."""
+    from tests.cvt.test_compare import as_array
+
+    a = as_array(image).astype(int)
+    p = w.view.fp_to_widget(fx, fy)
+    x, y = round(p.x()), round(p.y())
+    a = a[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
+    return int(((a[..., 1] > a[..., 0] + 80) & (a[..., 1] > a[..., 2] + 40)).sum())
+
+
+def test_sources_are_drawn_when_zoomed_in_enough(viewer, qtbot, sim_exposure):
+    from cvt.viewer.window import SOURCES_MAX_PX
+    from tests.cvt.test_compare import as_array
+    from tests.cvt.test_viewer import grab
+
+    path, truth = sim_exposure
+    stars = truth["stars"]
+    i = int(np.argmax(stars["flux"]))
+    sx, sy = stars["fp_x"][i], stars["fp_y"][i]
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+
+    def look(px):
+        w.view.set_center_scale(sx, sy, px)
+        wait_settled(qtbot, w)
+        return grab(w)
+
+    near = look(0.8 * SOURCES_MAX_PX)
+    assert green_near(w, near, sx, sy) > 10  # the star's ring
+    far = look(2.0 * SOURCES_MAX_PX)
+    a = as_array(far).astype(int)
+    assert not ((a[..., 1] > a[..., 0] + 80) & (a[..., 1] > a[..., 2] + 40)).any()
+    # and the switch hides them at any zoom
+    near = look(0.8 * SOURCES_MAX_PX)
+    assert green_near(w, near, sx, sy) > 10
+    w.sources_check.setChecked(False)
+    qtbot.wait(10)
+    assert green_near(w, grab(w), sx, sy) == 0
+
+
+def test_export_png_writes_the_view(viewer, qtbot, sim_exposure, tmp_path):
+    from PySide6.QtGui import QImage
+
+    path, _ = sim_exposure
+    w = viewer()
+    open_and_settle(qtbot, w, path)
+    assert w.goto("R22_S12_C05")
+    wait_settled(qtbot, w)
+    out = tmp_path / "view.png"
+    assert w.export_png(str(out))
+    img = QImage(str(out))
+    assert (img.width(), img.height()) == (w.view.width(), w.view.height())
+    fmt = QImage.Format.Format_RGB32
+    assert img.convertToFormat(fmt) == w.view.grab().toImage().convertToFormat(fmt)
+    assert not w.export_png(str(tmp_path / "no-such-folder" / "view.png"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the histogram's limit lines
+
+
+def drag(widget, start, end, steps=8) -> None:
+    """A left-button drag on a widget, as the mouse makes it: press, moves with the button
+    held, release."""
+    from PySide6.QtCore import QEvent, QPointF, Qt
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    mods = Qt.KeyboardModifier.NoModifier
+
+    def send(kind, pos, button, buttons):
+        p = QPointF(pos)
+        g = QPointF(widget.mapToGlobal(p.toPoint()))
+        QApplication.sendEvent(widget, QMouseEvent(kind, p, g, button, buttons, mods))
+
+    send(QEvent.Type.MouseButtonPress, start, left, left)
+    for k in range(1, steps + 1):
+        t = k / steps
+        p = QPointF(start.x() + t * (end.x() - start.x()), start.y() + t * (end.y() - start.y()))
+        send(QEvent.Type.MouseMove, p, none, left)
+    send(QEvent.Type.MouseButtonRelease, end, left, none)
+
+
+def test_dragging_a_histogram_limit_line_sets_manual_limits(viewer, qtbot, sim_exposure):
+    from PySide6.QtCore import QPointF
+
+    from tests.cvt.test_viewer import grab
+
+    path, _ = sim_exposure
+    w = viewer(size=(1200, 800))
+    w.hist_dock.show()
+    open_and_settle(qtbot, w, path)
+    assert w.goto("R22_S11")
+    wait_settled(qtbot, w)
+    reads, before = w.loader.reads, grab(w)
+    hist = w.histogram
+    plot = hist.plot
+    lo, hi = hist.lo_line.value(), hist.hi_line.value()
+    assert hi > lo
+    vb = plot.getPlotItem().getViewBox()
+    y = vb.viewRect().center().y()
+
+    def at(value):
+        return plot.mapFromScene(vb.mapViewToScene(QPointF(value, y)))
+
+    target = lo + 0.3 * (hi - lo)
+    drag(plot.viewport(), at(lo), at(target))
+    assert w.settings.limits == "manual"
+    new_lo, new_hi = w.settings.manual
+    assert new_hi == pytest.approx(hi) and new_lo == hist.lo_line.value()
+    assert abs(new_lo - target) < 0.03 * (hi - lo), (lo, target, new_lo)  # a pixel or two
+    assert w.limits_box.currentText() == "manual"
+    wait_settled(qtbot, w)
+    assert grab(w) != before and w.loader.reads == reads  # re-stretched, nothing read
+
+
+# ---------------------------------------------------------------------------------------------
+# cvt demo
+
+
+def test_cvt_demo_makes_a_small_exposure_once_and_shows_it(tmp_path):
+    """``cvt demo`` on one CCD, with a screenshot instead of a window; started again, it uses
+    the exposure it made (no simulation, no ingest)."""
+    import time
+
+    from PySide6.QtGui import QImage
+
+    from tests.cvt.test_viewer import _cvt
+
+    folder = tmp_path / "demo"
+    args = ("demo", "--dir", str(folder), "--detectors", "R22_S11", "--seed", "3")
+    times, outs = [], []
+    for run in (1, 2):
+        shot = tmp_path / f"demo{run}.png"
+        t = time.perf_counter()
+        res = _cvt(*args, "--screenshot", str(shot), timeout=600)
+        times.append(time.perf_counter() - t)
+        assert res.returncode == 0, res.stderr
+        outs.append(res.stdout)
+        assert QImage(str(shot)).width() > 0
+    first, second = outs
+    assert "simulating an LSSTCam science exposure: 1 CCDs" in first and "ingesting" in first
+    assert "using the cached demo exposure" not in first
+    assert "using the cached demo exposure" in second
+    assert "simulating" not in second and "ingesting" not in second
+    assert not (folder / "raw").exists()  # the raws went after the ingest
+    stores = list((folder / "repo").glob("*.zarr"))
+    assert len(stores) == 1 and "1 detectors" in second
+    print(f"\ncvt demo, one CCD: first start {times[0]:.1f} s, second {times[1]:.1f} s")
