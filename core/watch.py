@@ -23,6 +23,8 @@ detector, outcome) and, while its exposure fills, the CCD task's small result (m
 sources, node metadata), so a restarted watcher finishes a partial exposure exactly as if it had
 never stopped. The overview bins of the CCDs already in are recomputed from their stored level 1
 (the same numbers). A CCD whose task was in flight when the watcher died is simply done again.
+A resumed exposure's timeout counts from the restart (CCDs that landed while no watcher ran are
+its own, however long that was).
 """
 
 from __future__ import annotations
@@ -282,6 +284,7 @@ class _Filling:
     in_flight: int = 0
     first_landed: float = float("inf")
     last_landed: float = 0.0
+    resumed: float = 0.0  # when a restarted watcher took it up: the timeout counts from then
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # overview to rewrite
     dirty: bool = True
     t_refresh: float = 0.0
@@ -374,7 +377,9 @@ class Watcher:
 
     def _resume(self) -> None:
         """Exposures left filling by an earlier run: finished if the repository says they are
-        complete, forgotten (their files done again) if the store is gone, else filled on."""
+        complete, forgotten (their files done again) if the store is gone, else filled on. The
+        folder is looked at before any of them can time out: a CCD that landed while no watcher
+        ran is then a candidate, which holds its exposure open."""
         for obsid in self.state.filling():
             path = self.repo / f"{obsid}.zarr"
             if not (path / "zarr.json").exists():
@@ -386,6 +391,8 @@ class Watcher:
                 self.state.completed(obsid, time.time(), float("nan"))
                 continue
             self._restore(obsid, attrs)
+        if self.filling:
+            self._look()
 
     def _restore(self, obsid: str, attrs: dict) -> _Filling:
         """A partial exposure of the repository filled on: the CCD results the state holds are
@@ -393,6 +400,7 @@ class Watcher:
         when their files are seen (the next root no longer lists them before that)."""
         camera = load_camera(attrs["camera"])
         e = self._new_filling(obsid, camera, PartialExposure.resume(self.repo, obsid), attrs)
+        e.resumed = time.time()
         self.state.exposure(obsid, camera=camera.name, status="filling", expected=e.expected)
         for path, mtime, detector, status, reason, blob in self.state.files_of(obsid):
             if status == "ingested" and blob is None:  # cannot be replayed: done again
@@ -688,7 +696,7 @@ class Watcher:
         for e in list(self.filling.values()):
             busy = e.in_flight > 0
             whole = len(e.accounted) >= e.expected and not busy
-            deadline = e.last_landed + self.timeout
+            deadline = max(e.last_landed, e.resumed) + self.timeout
             # a file that landed before the deadline and is not yet whole may be one of its CCDs
             quiet = (
                 not busy

@@ -5,6 +5,8 @@ pause, one never finishes (truncated), the watcher is stopped half-way through t
 and a new one takes over; a junk file and a late copy land after. Every exposure must complete
 exactly once, the truncated CCD be recorded with its reason, nothing be lost or duplicated, and
 the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
+
+Then what operation brings: a restart after an outage longer than the timeout.
 """
 
 from __future__ import annotations
@@ -78,14 +80,42 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture(scope="module")
+def batch(simulated, tmp_path_factory):
+    """The simulated exposures through the batch ingest: what a watcher must make of them."""
+    repo = tmp_path_factory.mktemp("batch")
+    reports, unreadable = ingest([f for e in simulated for f in e.files], repo, workers=2)
+    assert unreadable == [] and all(r.ok and not r.failures for r in reports)
+    return repo
+
+
+def assert_same_store(w, b) -> None:
+    """Two exposures hold the same detectors, pixels, overview and tables."""
+    assert w.detector_names == b.detector_names
+    for name in w.detector_names:
+        dw, db = w.detector(name), b.detector(name)
+        assert dw.n_levels == db.n_levels
+        for level in range(dw.n_levels):
+            np.testing.assert_array_equal(dw.level(level)[:], db.level(level)[:])
+        np.testing.assert_array_equal(dw.raw_segments(), db.raw_segments())
+    for i in range(len(w.overview_attrs["factors"])):
+        np.testing.assert_array_equal(w.overview_level(i)[:], b.overview_level(i)[:])
+    assert w.overview_attrs == b.overview_attrs
+    for table in ("metrics", "sources"):
+        tw, tb = w.table(table), b.table(table)
+        assert list(tw) == list(tb)
+        for col in tw:
+            np.testing.assert_array_equal(tw[col], tb[col])
+
+
 class Running:
     """A watcher on its own thread, with its events."""
 
-    def __init__(self, rawdir: Path, repo: Path):
+    def __init__(self, rawdir: Path, repo: Path, expect: int | None = 2, timeout: float = 60.0):
         self.events: list = []
         self.stop = threading.Event()
         self.watcher = Watcher(
-            rawdir, repo, expect=2, timeout=60.0, settle=4.0, poll=0.2, workers=1,
+            rawdir, repo, expect=expect, timeout=timeout, settle=4.0, poll=0.2, workers=1,
             on_event=self.events.append,
         )  # fmt: skip
         self.thread = threading.Thread(target=self.watcher.run, args=(self.stop,), daemon=True)
@@ -194,21 +224,7 @@ def test_watch_drip_restart_and_equal_to_batch(simulated, tmp_path):
     ingest([rawdir], batch, workers=1)
     for e in (e1, e2, e3):
         w, b = open_exposure(repo / f"{e.obsid}.zarr"), open_exposure(batch / f"{e.obsid}.zarr")
-        assert w.detector_names == b.detector_names
-        for name in w.detector_names:
-            dw, db = w.detector(name), b.detector(name)
-            assert dw.n_levels == db.n_levels
-            for level in range(dw.n_levels):
-                np.testing.assert_array_equal(dw.level(level)[:], db.level(level)[:])
-            np.testing.assert_array_equal(dw.raw_segments(), db.raw_segments())
-        for i in range(len(w.overview_attrs["factors"])):
-            np.testing.assert_array_equal(w.overview_level(i)[:], b.overview_level(i)[:])
-        assert w.overview_attrs == b.overview_attrs
-        for table in ("metrics", "sources"):
-            tw, tb = w.table(table), b.table(table)
-            assert list(tw) == list(tb)
-            for col in tw:
-                np.testing.assert_array_equal(tw[col], tb[col])
+        assert_same_store(w, b)
         assert len(w.table("metrics")["amp"]) == 16 * len(w.detector_names)
         # expect=2 (a subset); the watcher says how long it waited for the truncated file
         skip = ("written", "ingest", "watch", "detectors_expected", "failures")
@@ -218,3 +234,33 @@ def test_watch_drip_restart_and_equal_to_batch(simulated, tmp_path):
         }
         assert w.attrs["detectors_expected"] == 2
     assert len(open_exposure(repo / f"{e1.obsid}.zarr").table("sources")) > 0
+
+
+def test_restart_after_an_outage_longer_than_the_timeout(simulated, batch, tmp_path):
+    """CCDs that land while no watcher runs belong to their exposure however long the outage:
+    the restarted watcher looks at the folder before its timeout can complete the exposure."""
+    rawdir, repo = tmp_path / "raw", tmp_path / "repo"
+    rawdir.mkdir()
+    e1 = simulated[0]
+    first = Running(rawdir, repo)
+    try:
+        land(e1.files[0], rawdir)
+        wait_for(lambda: first.seen("ccd", e1.obsid), what="the first CCD")
+    finally:
+        first.halt()
+    # down for longer than the next watcher's timeout before the second file lands, and after
+    time.sleep(2.5)
+    land(e1.files[1], rawdir)
+    time.sleep(2.5)
+    second = Running(rawdir, repo, timeout=2.0)
+    try:
+        wait_for(lambda: second.seen("complete", e1.obsid), what="the exposure after the restart")
+    finally:
+        second.halt()
+    assert [(e.obsid, e.detector) for e in second.seen("ccd")] == [(e1.obsid, DETECTORS[1])]
+    assert second.seen("late") == [] and len(second.seen("complete")) == 1
+    (done,) = second.watcher.done
+    assert not done.timed_out and done.failures == []
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    assert sorted(r[0] for r in state.execute("SELECT status FROM files")) == ["ingested"] * 2
+    assert_same_store(open_exposure(done.path), open_exposure(batch / f"{e1.obsid}.zarr"))
