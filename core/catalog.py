@@ -277,10 +277,34 @@ class ExposureRecord:
 
 def record_exposure(repo: str | os.PathLike, exposure) -> None:
     """Put one published exposure (an ``Exposure`` or ``ExposureRecord``) in the repository's
-    catalog, replacing what was there for it (an exposure ingested again with ``--replace``)."""
+    catalog, replacing what was there for it (an exposure ingested again with ``--replace``):
+    recording it again leaves the same rows."""
     row, amps = exposure_rows(exposure)
     with _transaction(repo) as db:
         _write(db, row, amps)
+
+
+def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
+    """Record those of ``obsids`` (exposures published in the local ``repo``) that the catalog
+    lacks, each read from its store (a complete one; a store gone or still filling is left
+    out). Returns the obsids recorded. For a writer that died between publishing an exposure and
+    recording it (``core.watch`` calls this when it starts)."""
+    from core.exposure import ExposureError, open_exposure
+
+    root = _local(repo)
+    with contextlib.closing(connect(root)) as db:
+        have = {r[0] for r in db.execute("SELECT obsid FROM exposures")}
+    added = []
+    for obsid in sorted(set(obsids) - have):
+        try:
+            exp = open_exposure(root / f"{obsid}.zarr")
+        except (ExposureError, OSError) as exc:
+            log.warning("catalog: %s not recorded: %s", obsid, exc)
+            continue
+        if exp.complete:
+            record_exposure(root, exp)
+            added.append(obsid)
+    return added
 
 
 def rebuild(repo: str | os.PathLike, progress=None) -> int:

@@ -24,7 +24,8 @@ sources, node metadata), so a restarted watcher finishes a partial exposure exac
 never stopped. The overview bins of the CCDs already in are recomputed from their stored level 1
 (the same numbers). A CCD whose task was in flight when the watcher died is simply done again.
 A resumed exposure's timeout counts from the restart (CCDs that landed while no watcher ran are
-its own, however long that was).
+its own, however long that was), and every exposure the watcher completed is put in the catalog
+if it is not there (one published just before the watcher died is recorded from its store).
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ class WatchState:
         self.db.execute("DELETE FROM files WHERE obsid = ?", (obsid,))
         self.db.execute("DELETE FROM exposures WHERE obsid = ?", (obsid,))
 
+    def complete(self) -> list[str]:
+        return [
+            r[0] for r in self.db.execute("SELECT obsid FROM exposures WHERE status = 'complete'")
+        ]
+
     def completed(self, obsid: str, t_complete: float, latency: float) -> None:
         self.db.execute("BEGIN")
         self.db.execute(
@@ -222,6 +228,13 @@ class WatchState:
 # The watcher
 
 
+def _crash_point(name: str) -> None:
+    """Where a test makes the watcher die (``CVT_TEST_WATCH_DIE_AT=name``): the process ends at
+    once, as ``kill -9`` or a power cut would end it there."""
+    if os.environ.get("CVT_TEST_WATCH_DIE_AT") == name:
+        os._exit(70)
+
+
 def _iso(t: float) -> str | None:
     if not np.isfinite(t) or t <= 0:
         return None
@@ -231,7 +244,8 @@ def _iso(t: float) -> str | None:
 @dataclass
 class WatchEvent:
     """What the watcher tells its caller: ``kind`` is ``created``, ``resumed``, ``ccd``,
-    ``failed``, ``complete``, ``late``, ``unidentified`` or ``error`` (a round that failed)."""
+    ``failed``, ``complete``, ``late``, ``unidentified``, ``catalogued`` (a completed exposure
+    missing from the catalog, recorded at start) or ``error`` (a round that failed)."""
 
     kind: str
     obsid: str | None = None
@@ -387,12 +401,32 @@ class Watcher:
                 self.known = self.state.known_files()
                 continue
             attrs = json.loads((path / "zarr.json").read_text())["attributes"]["cvt"]
-            if attrs.get("complete"):
-                self.state.completed(obsid, time.time(), float("nan"))
+            if attrs.get("complete"):  # published, then the watcher died
+                latency = (attrs.get("watch") or {}).get("latency_s")
+                self.state.completed(
+                    obsid, time.time(), float("nan") if latency is None else latency
+                )
                 continue
             self._restore(obsid, attrs)
+        self._catalogue_completed()
         if self.filling:
             self._look()
+
+    def _catalogue_completed(self) -> None:
+        """Every exposure this watcher completed is in the catalog: one published but not
+        recorded (the watcher died in between, or the catalog could not be written) is recorded
+        from its store, as ``cvt catalog rebuild`` would."""
+        from core import catalog
+
+        try:
+            added = catalog.record_missing(self.repo, self.state.complete())
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "%s: completed exposures not checked against the catalog: %s", self.repo, exc
+            )
+            return
+        for obsid in added:
+            self._emit("catalogued", obsid=obsid)
 
     def _restore(self, obsid: str, attrs: dict) -> _Filling:
         """A partial exposure of the repository filled on: the CCD results the state holds are
@@ -510,10 +544,11 @@ class Watcher:
             "timed_out": timed_out,
         }
         path = e.part.publish(attrs, c.nodes)
+        _crash_point("published")
         now = time.time()
         latency = now - e.last_landed
         self.state.completed(e.obsid, now, latency)
-        record_in_catalog(self.repo, path, attrs, c.written_tables)
+        record_in_catalog(self.repo, path, attrs, c.written_tables)  # else done at the restart
         del self.filling[e.obsid]
         self._spare_grid = c.grid  # the next exposure's, emptied (exposures come one by one)
         done = ExposureDone(

@@ -181,3 +181,22 @@ def test_a_remote_copy_reads_the_same(night):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_recording_again_and_recording_what_is_missing(night, tmp_path):
+    """Recording an exposure twice leaves the same rows; ``record_missing`` puts in the
+    exposures a writer published without recording (read from their stores), and no others."""
+    repo, reports = night
+    before, before_exp = _all_amp_rows(repo), catalog.query_exposures(repo)
+    exp = open_exposure(reports[1].path)
+    catalog.record_exposure(repo, exp)
+    catalog.record_exposure(repo, exp)
+    assert _all_amp_rows(repo) == before and catalog.query_exposures(repo) == before_exp
+    with sqlite3.connect(catalog.catalog_path(repo)) as db:
+        for table in ("amps", "exposures"):
+            db.execute(f"DELETE FROM {table} WHERE obsid = ?", (exp.obsid,))
+    db.close()
+    names = [r.obsid for r in reports]
+    assert catalog.record_missing(repo, [*names, "AT_O_20261125_000099"]) == [exp.obsid]
+    assert catalog.record_missing(repo, names) == []
+    assert _all_amp_rows(repo) == before and catalog.query_exposures(repo) == before_exp

@@ -6,14 +6,18 @@ and a new one takes over; a junk file and a late copy land after. Every exposure
 exactly once, the truncated CCD be recorded with its reason, nothing be lost or duplicated, and
 the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
 
-Then what operation brings: a restart after an outage longer than the timeout.
+Then what operation brings: a restart after an outage longer than the timeout, and
+``python -m cvt watch`` killed after publishing an exposure.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +30,9 @@ from core.exposure import open_exposure
 from core.ingest import ingest
 from core.simulate import simulate_exposure
 from core.watch import FAILURE_LOG, READY, WAITING, Watcher, check_raw_file
+from tests.core.test_catalog import _all_amp_rows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DETECTORS = ("R22_S10", "R22_S11")
 PLAN = ((1, "science"), (2, "bias"), (3, "bias"))
@@ -106,6 +113,14 @@ def assert_same_store(w, b) -> None:
         assert list(tw) == list(tb)
         for col in tw:
             np.testing.assert_array_equal(tw[col], tb[col])
+
+
+def catalogued(repo: Path) -> dict[str, dict]:
+    """The catalog's exposure rows by obsid (none when there is no catalog yet)."""
+    try:
+        return {r["obsid"]: r for r in catalog.query_exposures(repo)}
+    except catalog.CatalogError:
+        return {}
 
 
 class Running:
@@ -264,3 +279,54 @@ def test_restart_after_an_outage_longer_than_the_timeout(simulated, batch, tmp_p
     state = sqlite3.connect(repo / ".watch" / "state.sqlite")
     assert sorted(r[0] for r in state.execute("SELECT status FROM files")) == ["ingested"] * 2
     assert_same_store(open_exposure(done.path), open_exposure(batch / f"{e1.obsid}.zarr"))
+
+
+def cvt_watch(rawdir: Path, repo: Path, out: Path, *extra: str, env=None) -> subprocess.Popen:
+    """``python -m cvt watch`` as users start it, this checkout's code, in a session of its own
+    (its pool's workers with it); what it prints goes to ``out``."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with open(out, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cvt", "watch", str(rawdir), "--repo", str(repo),
+             "--expect", "2", "--poll", "0.2", *extra],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": path, **(env or {})},
+            stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def test_death_between_publishing_and_the_catalog(simulated, tmp_path):
+    """``python -m cvt watch`` dies right after an exposure's root says ``complete: true``,
+    before its state or the catalog know: the restarted watcher records it in the catalog
+    (as a rebuild from the stores would) and completes nothing twice."""
+    rawdir, repo = tmp_path / "raw", tmp_path / "repo"
+    rawdir.mkdir()
+    e1 = simulated[0]
+    for f in e1.files:
+        land(f, rawdir)
+    proc = cvt_watch(
+        rawdir, repo, tmp_path / "watch.out", "--workers", "1",
+        env={"CVT_TEST_WATCH_DIE_AT": "published"},
+    )  # fmt: skip
+    assert proc.wait(timeout=180) == 70, (tmp_path / "watch.out").read_text()
+    assert open_exposure(repo / f"{e1.obsid}.zarr").complete
+    assert e1.obsid not in catalogued(repo)
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    assert state.execute("SELECT status FROM exposures").fetchall() == [("filling",)]
+    state.close()
+
+    again = Running(rawdir, repo)
+    try:
+        wait_for(lambda: again.seen("catalogued"), what="the exposure catalogued")
+        time.sleep(0.5)  # a few rounds: nothing else happens
+    finally:
+        again.halt()
+    assert [e.kind for e in again.events] == ["catalogued"]
+    assert again.seen("catalogued")[0].obsid == e1.obsid
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    assert state.execute("SELECT status FROM exposures").fetchall() == [("complete",)]
+    row = catalogued(repo)[e1.obsid]
+    assert row["complete"] == 1 and row["n_detectors"] == 2
+    amps = _all_amp_rows(repo)
+    assert len(amps) == 1 + 2 * 16
+    assert catalog.rebuild(repo) == 1  # what cvt catalog rebuild makes: the same
+    assert _all_amp_rows(repo) == amps and catalogued(repo)[e1.obsid] == row
