@@ -203,7 +203,7 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
         "complete": int(bool(a.get("complete"))),
         "n_detectors": len(a.get("detectors", [])),
         "n_expected": a.get("detectors_expected"),
-        "n_missing": len(a.get("detectors_missing", [])),
+        "n_missing": _n_missing(a),
         "n_failures": len(a.get("failures", [])),
         "n_ok": counts["ok"],
         "n_warning": counts["warning"],
@@ -226,6 +226,16 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
         keys = list(columns)
         amps = [dict(zip(keys, values)) for values in zip(*columns.values())]
     return row, amps
+
+
+def _n_missing(a: dict) -> int:
+    """Expected detectors not in the store: ``detectors_missing`` names them only when the
+    expected ones are known by name (``core.ingest.CcdCollector.attributes``)."""
+    n_present = len(a.get("detectors", []))
+    expected = a.get("detectors_expected")
+    if expected is None:
+        return len(a.get("detectors_missing", []))
+    return max(0, int(expected) - n_present)
 
 
 def _write(db: sqlite3.Connection, row: dict, amps: list[dict]) -> None:

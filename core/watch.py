@@ -295,6 +295,7 @@ class _Filling:
     summary: dict
     expected: int
     accounted: set[str] = field(default_factory=set)  # detectors ingested, failed or in flight
+    failed: set[str] = field(default_factory=set)  # detectors whose file came but failed
     in_flight: int = 0
     first_landed: float = float("inf")
     last_landed: float = 0.0
@@ -452,6 +453,7 @@ class Watcher:
                 e.collector.failures.append({"file": path, "reason": reason})
                 if status == "failed" and detector:
                     e.accounted.add(detector)
+                    e.failed.add(detector)
         grid = e.collector.grid
         e.boxes = [(0, grid.ny, 0, grid.nx)]
         e.dirty = True
@@ -495,6 +497,7 @@ class Watcher:
             complete=complete,
             seconds=time.perf_counter() - e.t_start,
             n_expected=self.expect,
+            failed=e.failed,
         )
 
     def _exposure_for(self, info: RawInfo, mtime: float) -> _Filling | None:
@@ -568,7 +571,7 @@ class Watcher:
             info={
                 "ccds": len(done.detectors),
                 "failed": len(done.failures),
-                "missing": len(done.missing),
+                "missing": max(0, e.expected - len(done.detectors)),
                 "latency_s": round(latency, 2),
                 "timed_out": timed_out,
             },
@@ -625,6 +628,7 @@ class Watcher:
         self.state.file(path, size, mtime, info.obsid, info.detector, "failed", reason)
         e.collector.failures.append({"file": path, "reason": reason})
         e.accounted.add(info.detector)
+        e.failed.add(info.detector)
         e.last_landed = max(e.last_landed, mtime)
         e.dirty = True
         self._emit("failed", obsid=info.obsid, file=path, detector=info.detector, reason=reason)
@@ -709,6 +713,7 @@ class Watcher:
         if res.error:
             self.state.file(info.path, size, mtime, info.obsid, info.detector, "failed", res.error)
             e.collector.add(res)
+            e.failed.add(info.detector)
             e.dirty = True
             self._emit(
                 "failed", obsid=e.obsid, file=info.path, detector=info.detector, reason=res.error

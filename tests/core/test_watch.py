@@ -225,14 +225,22 @@ def test_watch_drip_restart_and_equal_to_batch(simulated, tmp_path):
     (failure,) = x2.attrs["failures"]
     assert failure["file"].endswith(e2.files[1].name)
     assert "truncated" in failure["reason"] and "incomplete for 4 s" in failure["reason"]
-    assert DETECTORS[1] in x2.attrs["detectors_missing"]
+    # expect=2: the two came, one failed; not the seven other ComCam detectors as well
+    assert x2.attrs["detectors_missing"] == [DETECTORS[1]]
     for e in (e1, e3):
         x = open_exposure(repo / f"{e.obsid}.zarr")
         assert x.complete and x.detector_names == list(DETECTORS) and x.attrs["failures"] == []
         assert x.attrs["watch"]["latency_s"] >= 0
+        assert x.attrs["detectors_missing"] == []
 
-    # the catalog got each exposure once
-    assert sorted(r["obsid"] for r in catalog.query_exposures(repo)) == sorted(done)
+    # the catalog got each exposure once, missing counted against expect=2
+    rows = catalogued(repo)
+    assert sorted(rows) == sorted(done)
+    assert {o: (r["n_expected"], r["n_missing"]) for o, r in rows.items()} == {
+        e1.obsid: (2, 0),
+        e2.obsid: (2, 1),
+        e3.obsid: (2, 0),
+    }
 
     # the same files through the batch ingest give the same stores
     (rawdir / "late_copy.fits").unlink()  # the batch would count it as a duplicate CCD
@@ -241,8 +249,9 @@ def test_watch_drip_restart_and_equal_to_batch(simulated, tmp_path):
         w, b = open_exposure(repo / f"{e.obsid}.zarr"), open_exposure(batch / f"{e.obsid}.zarr")
         assert_same_store(w, b)
         assert len(w.table("metrics")["amp"]) == 16 * len(w.detector_names)
-        # expect=2 (a subset); the watcher says how long it waited for the truncated file
-        skip = ("written", "ingest", "watch", "detectors_expected", "failures")
+        # expect=2 (a subset: the batch expects the camera's nine); the watcher says how long
+        # it waited for the truncated file
+        skip = ("written", "ingest", "watch", "detectors_expected", "detectors_missing", "failures")
         assert [f["file"] for f in w.attrs["failures"]] == [f["file"] for f in b.attrs["failures"]]
         assert {k: v for k, v in w.attrs.items() if k not in skip} == {
             k: v for k, v in b.attrs.items() if k not in skip
