@@ -7,14 +7,18 @@ exactly once, the truncated CCD be recorded with its reason, nothing be lost or 
 the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
 
 Then what operation brings: a restart after an outage longer than the timeout, and
-``python -m cvt watch`` killed after publishing an exposure.
+``python -m cvt watch`` killed after publishing an exposure and killed with CCD tasks in flight
+on its process pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -303,6 +307,14 @@ def cvt_watch(rawdir: Path, repo: Path, out: Path, *extra: str, env=None) -> sub
         )  # fmt: skip
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a ``cvt_watch`` and its pool's processes at once (a container's OOM kill, a
+    power cut): its CCD tasks die mid-write."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 def test_death_between_publishing_and_the_catalog(simulated, tmp_path):
     """``python -m cvt watch`` dies right after an exposure's root says ``complete: true``,
     before its state or the catalog know: the restarted watcher records it in the catalog
@@ -339,3 +351,72 @@ def test_death_between_publishing_and_the_catalog(simulated, tmp_path):
     assert len(amps) == 1 + 2 * 16
     assert catalog.rebuild(repo) == 1  # what cvt catalog rebuild makes: the same
     assert _all_amp_rows(repo) == amps and catalogued(repo)[e1.obsid] == row
+
+
+def _lines(path: Path, pattern: str) -> list[tuple[str, ...]]:
+    """The events ``cvt watch`` printed (``HH:MM:SS <pattern>`` lines) as regex groups."""
+    lines = re.finditer(rf"^\d\d:\d\d:\d\d {pattern}", path.read_text(), re.MULTILINE)
+    return [m.groups() for m in lines]
+
+
+def test_kill_with_tasks_in_flight_on_a_process_pool(simulated, batch, tmp_path):
+    """``python -m cvt watch --workers 2`` is killed (SIGKILL, its workers with it) with CCD
+    tasks in flight, and started again: every exposure completes once, equal to the batch
+    ingest, no CCD lost or done twice, and nothing said complete that was not while it lay
+    dead."""
+    rawdir, repo = tmp_path / "raw", tmp_path / "repo"
+    rawdir.mkdir()
+    exposures = simulated[:2]
+    out1, out2 = tmp_path / "first.out", tmp_path / "second.out"
+    first = cvt_watch(rawdir, repo, out1, "--workers", "2")
+    try:
+        for e in exposures:
+            for f in e.files:
+                land(f, rawdir)
+        wait_for(lambda: " ccd " in out1.read_text(), 180, "the first CCD")
+    finally:
+        kill_group(first)
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    done_before = {r[0] for r in state.execute("SELECT detector || obsid FROM files")}
+    state.close()
+    assert 1 <= len(done_before) < 4, "no task was in flight"
+
+    # what a reader sees meanwhile: complete only if really complete; listed CCDs whole
+    for e in exposures:
+        if not (repo / f"{e.obsid}.zarr").exists():
+            continue
+        x = open_exposure(repo / f"{e.obsid}.zarr")
+        assert x.complete is (len(x.detector_names) == 2 and "metrics" in x.root)
+        for name in x.detector_names:
+            det = x.detector(name)
+            for level in range(det.n_levels):
+                assert np.isfinite(det.level(level)[:]).any()
+
+    second = cvt_watch(rawdir, repo, out2, "--workers", "2", "--exit-when-idle", "2")
+    try:
+        second.wait(timeout=300)
+    finally:
+        kill_group(second)  # nothing left of it, whatever happened
+
+    ccd = r"ccd (\S+) (\S+)$"
+    before, after = _lines(out1, ccd), _lines(out2, ccd)
+    assert len(set(after)) == len(after)
+    assert {d + o for o, d in after}.isdisjoint(done_before)  # nothing done twice
+    assert {d + o for o, d in after} | done_before == {
+        d + e.obsid for e in exposures for d in DETECTORS
+    }  # nothing lost
+    assert len(before) <= len(done_before)
+    completed = _lines(out1, r"(\S+) complete\b") + _lines(out2, r"(\S+) complete\b")
+    assert sorted(completed) == sorted((e.obsid,) for e in exposures)
+    for out in (out1, out2):
+        assert _lines(out, r"(\S+ )?(late|failed|unidentified|error):") == []
+    assert "Traceback" not in out2.read_text() and "WARNING" not in out2.read_text()
+    state = sqlite3.connect(repo / ".watch" / "state.sqlite")
+    assert set(state.execute("SELECT status FROM files")) == {("ingested",)}
+    assert state.execute("SELECT count(*) FROM files").fetchone()[0] == 4
+    assert set(state.execute("SELECT status FROM exposures")) == {("complete",)}
+    assert sorted(catalogued(repo)) == sorted(e.obsid for e in exposures)
+    for e in exposures:
+        x = open_exposure(repo / f"{e.obsid}.zarr")
+        assert x.complete and x.attrs["failures"] == [] and x.attrs["detectors_missing"] == []
+        assert_same_store(x, open_exposure(batch / f"{e.obsid}.zarr"))
