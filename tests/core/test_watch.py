@@ -6,9 +6,9 @@ and a new one takes over; a junk file and a late copy land after. Every exposure
 exactly once, the truncated CCD be recorded with its reason, nothing be lost or duplicated, and
 the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
 
-Then what operation brings: a restart after an outage longer than the timeout, and
-``python -m cvt watch`` killed after publishing an exposure and killed with CCD tasks in flight
-on its process pool.
+Then what operation brings: a restart after an outage longer than the timeout, a file whose
+data (not its header) is corrupt, and ``python -m cvt watch`` killed after publishing an exposure
+and killed with CCD tasks in flight on its process pool.
 """
 
 from __future__ import annotations
@@ -292,6 +292,46 @@ def test_restart_after_an_outage_longer_than_the_timeout(simulated, batch, tmp_p
     state = sqlite3.connect(repo / ".watch" / "state.sqlite")
     assert sorted(r[0] for r in state.execute("SELECT status FROM files")) == ["ingested"] * 2
     assert_same_store(open_exposure(done.path), open_exposure(batch / f"{e1.obsid}.zarr"))
+
+
+def test_a_file_whose_data_is_corrupt_fails_in_its_task(tmp_path):
+    """A RICE file whose headers and structure are whole (the watcher takes it) but whose tile
+    table points past its data: the CCD task fails, the failure is recorded with the file and
+    the reason, and the exposure completes without it, not waiting for the timeout."""
+    from astropy.io import fits
+
+    sim = simulate_exposure(
+        tmp_path / "src", camera="ComCam", detectors=DETECTORS, seed=7, image_type="bias",
+        seq=4, faults=False, compress="rice", workers=2,
+    )  # fmt: skip
+    bad = sim.files[1]
+    with fits.open(bad, disable_image_compression=True) as hdus:
+        table = hdus[1].fileinfo()["datLoc"]  # the first segment's tile descriptors
+    data = bytearray(bad.read_bytes())
+    data[table + 4 : table + 8] = (0x7FFFFFF0).to_bytes(4, "big")  # tile 0's heap offset
+    bad.write_bytes(bytes(data))
+    assert check_raw_file(bad)[0] == READY
+
+    rawdir, repo = tmp_path / "raw", tmp_path / "repo"
+    rawdir.mkdir()
+    run = Running(rawdir, repo)
+    try:
+        for f in sim.files:
+            land(f, rawdir)
+        wait_for(lambda: run.seen("complete", sim.obsid), what="the exposure")
+    finally:
+        run.halt()
+    (failed,) = run.seen("failed")
+    assert failed.detector == DETECTORS[1] and "RICE tile 0" in failed.reason
+    (done,) = run.watcher.done
+    assert not done.timed_out
+    x = open_exposure(done.path)
+    assert x.complete and x.detector_names == [DETECTORS[0]]
+    (failure,) = x.attrs["failures"]
+    assert failure["file"] == str(rawdir / bad.name) and "RICE tile 0" in failure["reason"]
+    assert x.attrs["detectors_missing"] == [DETECTORS[1]]
+    row = catalogued(repo)[sim.obsid]
+    assert (row["n_detectors"], row["n_failures"], row["n_missing"]) == (1, 1, 1)
 
 
 def cvt_watch(rawdir: Path, repo: Path, out: Path, *extra: str, env=None) -> subprocess.Popen:
