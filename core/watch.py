@@ -266,7 +266,8 @@ class WatchEvent:
 @dataclass
 class ExposureDone:
     """An exposure the watcher completed: ``latency`` is seconds from its last file landing
-    (mtime) to ``complete: true``; ``timed_out`` when it completed by the timeout."""
+    (mtime) to ``complete: true``, the ``watch.latency_s`` stored in it; ``timed_out`` when it
+    completed by the timeout."""
 
     obsid: str
     path: Path
@@ -540,16 +541,16 @@ class Watcher:
         e.boxes = []
         c.write_products(e.part.writer, overview=False)  # the tables
         attrs = self._attributes(e, True)
+        now = time.time()
+        latency = round(now - e.last_landed, 3)  # the one value: stored, printed, reported
         attrs["watch"] = {
             "first_landed": _iso(e.first_landed),
             "last_landed": _iso(e.last_landed),
-            "latency_s": round(time.time() - e.last_landed, 3),
+            "latency_s": latency,
             "timed_out": timed_out,
         }
         path = e.part.publish(attrs, c.nodes)
         _crash_point("published")
-        now = time.time()
-        latency = now - e.last_landed
         self.state.completed(e.obsid, now, latency)
         record_in_catalog(self.repo, path, attrs, c.written_tables)  # else done at the restart
         del self.filling[e.obsid]
@@ -572,7 +573,7 @@ class Watcher:
                 "ccds": len(done.detectors),
                 "failed": len(done.failures),
                 "missing": max(0, e.expected - len(done.detectors)),
-                "latency_s": round(latency, 2),
+                "latency_s": latency,
                 "timed_out": timed_out,
             },
         )

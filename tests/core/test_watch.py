@@ -6,9 +6,9 @@ and a new one takes over; a junk file and a late copy land after. Every exposure
 exactly once, the truncated CCD be recorded with its reason, nothing be lost or duplicated, and
 the stores equal (pixels, overview, metrics, sources) a batch ``ingest`` of the same files.
 
-Then what operation brings: a restart after an outage longer than the timeout, a file whose
-data (not its header) is corrupt, and ``python -m cvt watch`` killed after publishing an exposure
-and killed with CCD tasks in flight on its process pool.
+Then what operation brings: a restart after an outage longer than the timeout, completion by the
+timeout, a file whose data (not its header) is corrupt, and ``python -m cvt watch`` killed after
+publishing an exposure and killed with CCD tasks in flight on its process pool.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from core import catalog
+from core.camera import load_camera
 from core.exposure import open_exposure
 from core.ingest import ingest
 from core.simulate import simulate_exposure
@@ -292,6 +293,44 @@ def test_restart_after_an_outage_longer_than_the_timeout(simulated, batch, tmp_p
     state = sqlite3.connect(repo / ".watch" / "state.sqlite")
     assert sorted(r[0] for r in state.execute("SELECT status FROM files")) == ["ingested"] * 2
     assert_same_store(open_exposure(done.path), open_exposure(batch / f"{e1.obsid}.zarr"))
+
+
+def test_completion_by_the_timeout(simulated, tmp_path):
+    """Two of ComCam's nine CCDs land and no more: the exposure completes after the timeout,
+    says so, names the seven missing and reports the latency it stores. With ``expect=3`` the
+    missing third cannot be named, but it is counted, not the camera's other seven."""
+    e1, e2 = simulated[0], simulated[1]
+    timeout = 1.5
+    for e, expect, n_missing in ((e1, None, 7), (e2, 3, 1)):
+        rawdir, repo = tmp_path / f"raw{e.obsid}", tmp_path / f"repo{e.obsid}"
+        rawdir.mkdir()
+        run = Running(rawdir, repo, expect=expect, timeout=timeout)
+        try:
+            for f in e.files:
+                land(f, rawdir)
+            wait_for(lambda run=run, e=e: run.seen("complete", e.obsid), what="the timeout")
+        finally:
+            run.halt()
+        (done,) = run.watcher.done
+        (event,) = run.seen("complete")
+        x = open_exposure(done.path)
+        assert done.timed_out and x.attrs["watch"]["timed_out"] is True
+        assert event.info["timed_out"] is True and event.info["missing"] == n_missing
+        assert x.complete and x.detector_names == list(DETECTORS)
+        if expect is None:
+            others = [d.name for d in load_camera("ComCam").detectors if d.name not in DETECTORS]
+            assert len(others) == 7 and done.missing == others == x.attrs["detectors_missing"]
+        else:
+            assert done.missing == [] == x.attrs["detectors_missing"]
+        # one latency: the one stored is the one reported and printed
+        assert done.latency == x.attrs["watch"]["latency_s"] == event.info["latency_s"]
+        assert timeout <= done.latency < timeout + 30
+        row = catalogued(repo)[e.obsid]
+        assert (row["n_detectors"], row["n_expected"], row["n_missing"]) == (
+            2,
+            expect or 9,
+            n_missing,
+        )
 
 
 def test_a_file_whose_data_is_corrupt_fails_in_its_task(tmp_path):
