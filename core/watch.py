@@ -358,6 +358,7 @@ class Watcher:
         self.done: list[ExposureDone] = []
         self.errors: list[str] = []  # rounds that failed (the watcher went on)
         self._retries: dict[str, int] = {}
+        self._limit: int | None = None  # tasks to keep submitted, asked once a round
         self._workers = workers
         self._scheduler = scheduler
         self._own_executor = executor is None
@@ -665,8 +666,9 @@ class Watcher:
     def _submit(self) -> None:
         if not self.queue:
             return
-        limit = in_flight_limit(self.executor)
-        while self.queue and len(self.futures) < limit:
+        if self._limit is None:  # once a round: a Dask cluster's size is a scheduler round trip
+            self._limit = in_flight_limit(self.executor)
+        while self.queue and len(self.futures) < self._limit:
             info, mtime, size = self.queue.pop(0)
             e = self.filling[info.obsid]
             grid = e.collector.grid
@@ -708,6 +710,7 @@ class Watcher:
             from core.distributed import make_executor
 
             self.executor = make_executor(self._scheduler, self._workers, n_tasks=2)
+            self._limit = None
         return len(finished)
 
     def _record(self, e: _Filling, info: RawInfo, mtime: float, size: int, res: CcdResult) -> None:
@@ -732,6 +735,7 @@ class Watcher:
     def step(self, wait_for: float = 0.0) -> None:
         """One round: collect finished tasks, refresh the exposures that changed, complete the
         whole (or timed-out) ones, look at the folder, submit."""
+        self._limit = None
         self._collect(wait_for)
         now = time.time()
         for e in list(self.filling.values()):
