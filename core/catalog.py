@@ -415,6 +415,26 @@ class Catalog:
         sql += " ORDER BY e.mjd, e.dayobs, e.seqnum"
         return [dict(r) for r in self.db.execute(sql, args)]
 
+    def resolve_metric(self, name: str) -> str:
+        """The metric column ``name`` stands for: itself; or, without its unit, the one in
+        electrons (``read_noise`` is ``read_noise_e``); or the one metric it begins. Else a
+        ``CatalogError`` that lists the metrics."""
+        known = sorted(self.metrics())
+        if name in known:
+            return name
+        if f"{name}_e" in known:
+            return f"{name}_e"
+        starting = [m for m in known if m.lower().startswith(name.lower())] if name else []
+        if len(starting) == 1:
+            return starting[0]
+        if starting:
+            raise CatalogError(
+                f"{self.source}: metric {name!r} is ambiguous: {', '.join(starting)}"
+            )
+        raise CatalogError(
+            f"{self.source}: no metric {name!r} (known: {', '.join(known) or 'none yet'})"
+        )
+
     def query_amp(
         self,
         amp: str,
@@ -423,25 +443,27 @@ class Catalog:
         until=None,
         image_type: str | None = None,
     ) -> list[dict]:
-        """One amp's metric across exposures, in time order: dicts of obsid, dayobs, seqnum,
-        mjd, time, airmass, image_type, exposure_time, filter, value (None: not measured)
-        and status. ``amp``: ``R22_S11_C07``."""
+        """One amp's metric (``resolve_metric``) across exposures, in time order: dicts of
+        obsid, dayobs, seqnum, mjd, time, airmass, image_type, exposure_time, filter, value
+        (None: not measured) and status. ``amp``: ``R22_S11_C07``."""
         detector, amp_name = split_amp(amp)
-        columns = _amp_columns(self.db)
-        if metric not in columns or metric in _KEYS:
-            known = ", ".join(sorted(self.metrics())) or "none yet"
-            raise CatalogError(f"{self.source}: no metric {metric!r} (known: {known})")
-        where, args = _time_filter("e", since, until, image_type)
-        where[:0] = ["a.detector = ?", "a.amp = ?"]
-        args[:0] = [detector, amp_name]
+        value = f'a."{self.resolve_metric(metric)}" AS value'
+        where = ["a.detector = ?", "a.amp = ?"]
+        return self._amp_rows(where, [detector, amp_name], value, since, until, image_type)
+
+    def _amp_rows(
+        self, where, args, columns, since, until, image_type, order: str | None = None
+    ) -> list[dict]:
+        more, more_args = _time_filter("e", since, until, image_type)
         sql = (
             "SELECT e.obsid, e.dayobs, e.seqnum, e.mjd, e.time, e.airmass, e.image_type, "
-            f'e.exposure_time, e.filter, a."{metric}" AS value, a.status '
+            f"e.exposure_time, e.filter, {columns}, a.status "
             "FROM amps a JOIN exposures e ON e.obsid = a.obsid WHERE "
-            + " AND ".join(where)
+            + " AND ".join([*where, *more])
             + " ORDER BY e.mjd, e.dayobs, e.seqnum"
+            + (f", {order}" if order else "")
         )
-        return [dict(r) for r in self.db.execute(sql, args)]
+        return [dict(r) for r in self.db.execute(sql, [*args, *more_args])]
 
 
 def _time_filter(alias: str, since, until, image_type) -> tuple[list[str], list]:

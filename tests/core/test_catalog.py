@@ -183,6 +183,23 @@ def test_a_remote_copy_reads_the_same(night):
         server.server_close()
 
 
+def test_metric_names_resolve_or_say_which_there_are(night):
+    repo, _ = night
+    with catalog.open_catalog(repo) as cat:
+        assert cat.resolve_metric("read_noise_e") == "read_noise_e"
+        assert cat.resolve_metric("read_noise") == "read_noise_e"  # the issue's own example
+        assert cat.resolve_metric("read_noise_a") == "read_noise_adu"
+        assert cat.resolve_metric("divisadero") == "divisadero_tearing"
+        with pytest.raises(catalog.CatalogError, match="ambiguous: bias_level, bias_row_noise"):
+            cat.resolve_metric("bias_")
+        with pytest.raises(
+            catalog.CatalogError, match=r"no metric 'noise' \(known: .*read_noise_e"
+        ):
+            cat.resolve_metric("noise")
+    s = trend.series(repo, AMP, "read_noise", vs="seq")
+    assert s.metric == "read_noise_e" and np.all(np.diff(s.y) > 0)
+
+
 def test_recording_again_and_recording_what_is_missing(night, tmp_path):
     """Recording an exposure twice leaves the same rows; ``record_missing`` puts in the
     exposures a writer published without recording (read from their stores), and no others."""
