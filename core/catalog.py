@@ -415,6 +415,13 @@ class Catalog:
         sql += " ORDER BY e.mjd, e.dayobs, e.seqnum"
         return [dict(r) for r in self.db.execute(sql, args)]
 
+    def image_types(self) -> list[str]:
+        """The image types of the catalog's exposures (as their headers write them)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT image_type FROM exposures WHERE image_type IS NOT NULL"
+        )
+        return sorted(r[0] for r in rows)
+
     def resolve_metric(self, name: str) -> str:
         """The metric column ``name`` stands for: itself; or, without its unit, the one in
         electrons (``read_noise`` is ``read_noise_e``); or the one metric it begins. Else a
@@ -450,6 +457,24 @@ class Catalog:
         value = f'a."{self.resolve_metric(metric)}" AS value'
         where = ["a.detector = ?", "a.amp = ?"]
         return self._amp_rows(where, [detector, amp_name], value, since, until, image_type)
+
+    def query_detector(
+        self,
+        detector: str,
+        metrics=(),
+        since=None,
+        until=None,
+        image_type: str | None = None,
+    ) -> list[dict]:
+        """Every amp of ``detector`` (``R22_S11``) across exposures, in time order and amp
+        order: dicts of the exposure's obsid, dayobs, seqnum, mjd, time, airmass, image_type,
+        exposure_time, filter, then amp, status and each of ``metrics`` (by their column names,
+        ``resolve_metric``)."""
+        names = [self.resolve_metric(m) for m in metrics]
+        columns = "".join(f', a."{m}"' for m in dict.fromkeys(names))
+        return self._amp_rows(
+            ["a.detector = ?"], [detector], f"a.amp{columns}", since, until, image_type, "a.amp"
+        )
 
     def _amp_rows(
         self, where, args, columns, since, until, image_type, order: str | None = None
@@ -556,6 +581,20 @@ def query_amp(
     """``Catalog.query_amp`` on the catalog of ``repo`` (a folder or URL)."""
     with open_catalog(repo, storage_options) as cat:
         return cat.query_amp(amp, metric, since, until, image_type)
+
+
+def query_detector(
+    repo: str | os.PathLike,
+    detector: str,
+    metrics=(),
+    since=None,
+    until=None,
+    image_type: str | None = None,
+    storage_options: dict | None = None,
+) -> list[dict]:
+    """``Catalog.query_detector`` on the catalog of ``repo`` (a folder or URL)."""
+    with open_catalog(repo, storage_options) as cat:
+        return cat.query_detector(detector, metrics, since, until, image_type)
 
 
 def query_exposures(

@@ -132,6 +132,25 @@ def test_trend_on_a_simulated_night(night, capsys):
     assert "no metric 'read_nosie'" in err and "read_noise_e" in err and "bias_level" in err
 
 
+def test_catalog_lists_a_detectors_amps(night, capsys):
+    repo, obsids = night
+    args = ["catalog", "list", str(repo), "--detector", "RXX_S00", "--metric", "read_noise"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "obsid", "seq", "time", "image_type", "amp", "status", "read_noise_e"
+    ]  # fmt: skip
+    assert len(lines) == 1 + 4 * 16
+    c07 = [line.split() for line in lines[1:] if line.split()[4] == "C07"]
+    assert [c[0] for c in c07] == obsids
+    want = [f"{r['value']:.4g}" for r in catalog.query_amp(repo, AMP, "read_noise_e")]
+    assert [c[6] for c in c07] == want
+    assert main([*args, "--image-type", "flat"]) == 1
+    assert "no amps of RXX_S00" in capsys.readouterr().err
+    assert main([*args[:-1], "nope"]) == 2
+    assert "no metric 'nope'" in capsys.readouterr().err
+
+
 def test_catalog_list_and_rebuild(repo, capsys):
     assert main(["catalog", "list", str(repo)]) == 0
     out = capsys.readouterr().out.splitlines()
