@@ -48,7 +48,16 @@ class Series:
 
     def finite(self) -> Series:
         """Only the points with both x and y."""
-        keep = np.isfinite(self.x) & np.isfinite(self.y)
+        return self._take(np.isfinite(self.x) & np.isfinite(self.y))
+
+    def last(self, days: float | None) -> Series:
+        """Only the exposures of the ``days`` up to the newest one (a repository's last night
+        or week, whenever it was taken); all of them with None."""
+        if days is None or not np.isfinite(self.mjd).any():
+            return self
+        return self._take(self.mjd >= np.nanmax(self.mjd) - days)
+
+    def _take(self, keep: np.ndarray) -> Series:
         idx = np.flatnonzero(keep)
         return Series(
             self.amp,
