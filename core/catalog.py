@@ -302,10 +302,13 @@ def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
     from core.exposure import ExposureError, open_exposure
 
     root = _local(repo)
+    obsids = set(obsids)
+    if not obsids:
+        return []  # no catalog made for nothing
     with contextlib.closing(connect(root)) as db:
         have = {r[0] for r in db.execute("SELECT obsid FROM exposures")}
     added = []
-    for obsid in sorted(set(obsids) - have):
+    for obsid in sorted(obsids - have):
         try:
             exp = open_exposure(root / f"{obsid}.zarr")
         except (ExposureError, OSError) as exc:

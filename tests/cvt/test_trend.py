@@ -170,3 +170,4 @@ def test_watch_records_a_junk_file_and_exits_when_idle(tmp_path, capsys):
     assert main([*args, "--exit-when-idle", "0.5", "--quiet"]) == 0
     assert "unidentified" in capsys.readouterr().err
     assert (tmp_path / "repo" / "watch-failures.jsonl").is_file()
+    assert not (tmp_path / "repo" / "catalog.sqlite").exists()  # nothing to catalogue
