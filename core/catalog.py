@@ -203,7 +203,7 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
         "complete": int(bool(a.get("complete"))),
         "n_detectors": len(a.get("detectors", [])),
         "n_expected": a.get("detectors_expected"),
-        "n_missing": len(a.get("detectors_missing", [])),
+        "n_missing": _n_missing(a),
         "n_failures": len(a.get("failures", [])),
         "n_ok": counts["ok"],
         "n_warning": counts["warning"],
@@ -226,6 +226,16 @@ def exposure_rows(exposure) -> tuple[dict, list[dict]]:
         keys = list(columns)
         amps = [dict(zip(keys, values)) for values in zip(*columns.values())]
     return row, amps
+
+
+def _n_missing(a: dict) -> int:
+    """Expected detectors not in the store: ``detectors_missing`` names them only when the
+    expected ones are known by name (``core.ingest.CcdCollector.attributes``)."""
+    n_present = len(a.get("detectors", []))
+    expected = a.get("detectors_expected")
+    if expected is None:
+        return len(a.get("detectors_missing", []))
+    return max(0, int(expected) - n_present)
 
 
 def _write(db: sqlite3.Connection, row: dict, amps: list[dict]) -> None:
@@ -277,10 +287,37 @@ class ExposureRecord:
 
 def record_exposure(repo: str | os.PathLike, exposure) -> None:
     """Put one published exposure (an ``Exposure`` or ``ExposureRecord``) in the repository's
-    catalog, replacing what was there for it (an exposure ingested again with ``--replace``)."""
+    catalog, replacing what was there for it (an exposure ingested again with ``--replace``):
+    recording it again leaves the same rows."""
     row, amps = exposure_rows(exposure)
     with _transaction(repo) as db:
         _write(db, row, amps)
+
+
+def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
+    """Record those of ``obsids`` (exposures published in the local ``repo``) that the catalog
+    lacks, each read from its store (a complete one; a store gone or still filling is left
+    out). Returns the obsids recorded. For a writer that died between publishing an exposure and
+    recording it (``core.watch`` calls this when it starts)."""
+    from core.exposure import ExposureError, open_exposure
+
+    root = _local(repo)
+    obsids = set(obsids)
+    if not obsids:
+        return []  # no catalog made for nothing
+    with contextlib.closing(connect(root)) as db:
+        have = {r[0] for r in db.execute("SELECT obsid FROM exposures")}
+    added = []
+    for obsid in sorted(obsids - have):
+        try:
+            exp = open_exposure(root / f"{obsid}.zarr")
+        except (ExposureError, OSError) as exc:
+            log.warning("catalog: %s not recorded: %s", obsid, exc)
+            continue
+        if exp.complete:
+            record_exposure(root, exp)
+            added.append(obsid)
+    return added
 
 
 def rebuild(repo: str | os.PathLike, progress=None) -> int:
@@ -407,6 +444,33 @@ class Catalog:
         sql += " ORDER BY e.mjd, e.dayobs, e.seqnum"
         return [dict(r) for r in self.db.execute(sql, args)]
 
+    def image_types(self) -> list[str]:
+        """The image types of the catalog's exposures (as their headers write them)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT image_type FROM exposures WHERE image_type IS NOT NULL"
+        )
+        return sorted(r[0] for r in rows)
+
+    def resolve_metric(self, name: str) -> str:
+        """The metric column ``name`` stands for: itself; or, without its unit, the one in
+        electrons (``read_noise`` is ``read_noise_e``); or the one metric it begins. Else a
+        ``CatalogError`` that lists the metrics."""
+        known = sorted(self.metrics())
+        if name in known:
+            return name
+        if f"{name}_e" in known:
+            return f"{name}_e"
+        starting = [m for m in known if m.lower().startswith(name.lower())] if name else []
+        if len(starting) == 1:
+            return starting[0]
+        if starting:
+            raise CatalogError(
+                f"{self.source}: metric {name!r} is ambiguous: {', '.join(starting)}"
+            )
+        raise CatalogError(
+            f"{self.source}: no metric {name!r} (known: {', '.join(known) or 'none yet'})"
+        )
+
     def query_amp(
         self,
         amp: str,
@@ -415,25 +479,45 @@ class Catalog:
         until=None,
         image_type: str | None = None,
     ) -> list[dict]:
-        """One amp's metric across exposures, in time order: dicts of obsid, dayobs, seqnum,
-        mjd, time, airmass, image_type, exposure_time, filter, value (None: not measured)
-        and status. ``amp``: ``R22_S11_C07``."""
+        """One amp's metric (``resolve_metric``) across exposures, in time order: dicts of
+        obsid, dayobs, seqnum, mjd, time, airmass, image_type, exposure_time, filter, value
+        (None: not measured) and status. ``amp``: ``R22_S11_C07``."""
         detector, amp_name = split_amp(amp)
-        columns = _amp_columns(self.db)
-        if metric not in columns or metric in _KEYS:
-            known = ", ".join(sorted(self.metrics())) or "none yet"
-            raise CatalogError(f"{self.source}: no metric {metric!r} (known: {known})")
-        where, args = _time_filter("e", since, until, image_type)
-        where[:0] = ["a.detector = ?", "a.amp = ?"]
-        args[:0] = [detector, amp_name]
+        value = f'a."{self.resolve_metric(metric)}" AS value'
+        where = ["a.detector = ?", "a.amp = ?"]
+        return self._amp_rows(where, [detector, amp_name], value, since, until, image_type)
+
+    def query_detector(
+        self,
+        detector: str,
+        metrics=(),
+        since=None,
+        until=None,
+        image_type: str | None = None,
+    ) -> list[dict]:
+        """Every amp of ``detector`` (``R22_S11``) across exposures, in time order and amp
+        order: dicts of the exposure's obsid, dayobs, seqnum, mjd, time, airmass, image_type,
+        exposure_time, filter, then amp, status and each of ``metrics`` (by their column names,
+        ``resolve_metric``)."""
+        names = [self.resolve_metric(m) for m in metrics]
+        columns = "".join(f', a."{m}"' for m in dict.fromkeys(names))
+        return self._amp_rows(
+            ["a.detector = ?"], [detector], f"a.amp{columns}", since, until, image_type, "a.amp"
+        )
+
+    def _amp_rows(
+        self, where, args, columns, since, until, image_type, order: str | None = None
+    ) -> list[dict]:
+        more, more_args = _time_filter("e", since, until, image_type)
         sql = (
             "SELECT e.obsid, e.dayobs, e.seqnum, e.mjd, e.time, e.airmass, e.image_type, "
-            f'e.exposure_time, e.filter, a."{metric}" AS value, a.status '
+            f"e.exposure_time, e.filter, {columns}, a.status "
             "FROM amps a JOIN exposures e ON e.obsid = a.obsid WHERE "
-            + " AND ".join(where)
+            + " AND ".join([*where, *more])
             + " ORDER BY e.mjd, e.dayobs, e.seqnum"
+            + (f", {order}" if order else "")
         )
-        return [dict(r) for r in self.db.execute(sql, args)]
+        return [dict(r) for r in self.db.execute(sql, [*args, *more_args])]
 
 
 def _time_filter(alias: str, since, until, image_type) -> tuple[list[str], list]:
@@ -526,6 +610,20 @@ def query_amp(
     """``Catalog.query_amp`` on the catalog of ``repo`` (a folder or URL)."""
     with open_catalog(repo, storage_options) as cat:
         return cat.query_amp(amp, metric, since, until, image_type)
+
+
+def query_detector(
+    repo: str | os.PathLike,
+    detector: str,
+    metrics=(),
+    since=None,
+    until=None,
+    image_type: str | None = None,
+    storage_options: dict | None = None,
+) -> list[dict]:
+    """``Catalog.query_detector`` on the catalog of ``repo`` (a folder or URL)."""
+    with open_catalog(repo, storage_options) as cat:
+        return cat.query_detector(detector, metrics, since, until, image_type)
 
 
 def query_exposures(

@@ -346,19 +346,31 @@ class CcdCollector:
         self.timings["overview_write"] = time.perf_counter() - t0
 
     def attributes(
-        self, summary: dict, *, complete: bool, seconds: float, n_expected: int | None = None
+        self,
+        summary: dict,
+        *,
+        complete: bool,
+        seconds: float,
+        n_expected: int | None = None,
+        failed: Iterable[str] = (),
     ) -> dict:
-        """The exposure's attributes (``exposure_summary`` of its files, and what came in);
-        ``n_expected`` overrides the camera's detector count (a test stand, a subset)."""
+        """The exposure's attributes (``exposure_summary`` of its files, and what came in).
+
+        ``detectors_missing`` names the expected detectors not in the store. Expected are the
+        camera's detectors, or, with ``n_expected`` (a test stand, a subset: ``cvt watch
+        --expect N``), N detectors of which only those whose files came are known: then it names
+        the ``failed`` ones (files that came but could not be ingested). How many are missing
+        is ``detectors_expected - len(detectors)`` either way."""
         names = [d.name for d in self.camera.detectors]
         self.detectors.sort(key=self.camera.index)
         present = set(self.detectors)
+        expected = set(names) if n_expected is None else set(failed)
         return exposure_attributes(
             **summary,
             complete=complete,
             detectors=list(self.detectors),
             detectors_expected=len(names) if n_expected is None else n_expected,
-            detectors_missing=[n for n in names if n not in present],
+            detectors_missing=[n for n in names if n in expected and n not in present],
             failures=list(self.failures),
             ingest={
                 "seconds": seconds,

@@ -48,7 +48,16 @@ class Series:
 
     def finite(self) -> Series:
         """Only the points with both x and y."""
-        keep = np.isfinite(self.x) & np.isfinite(self.y)
+        return self._take(np.isfinite(self.x) & np.isfinite(self.y))
+
+    def last(self, days: float | None) -> Series:
+        """Only the exposures of the ``days`` up to the newest one (a repository's last night
+        or week, whenever it was taken); all of them with None."""
+        if days is None or not np.isfinite(self.mjd).any():
+            return self
+        return self._take(self.mjd >= np.nanmax(self.mjd) - days)
+
+    def _take(self, keep: np.ndarray) -> Series:
         idx = np.flatnonzero(keep)
         return Series(
             self.amp,
@@ -87,16 +96,19 @@ def series(
     image_type: str | None = None,
     storage_options: dict | None = None,
 ) -> Series:
-    """``amp``'s ``metric`` across the exposures of ``repo`` (a folder, a URL, or an open
-    ``Catalog``) against ``vs``: ``time`` (MJD), ``seq`` (sequence number; several nights in day,
+    """``amp``'s ``metric`` (a column, or what ``Catalog.resolve_metric`` makes of it, e.g.
+    ``read_noise``) across the exposures of ``repo`` (a folder, a URL, or an open ``Catalog``)
+    against ``vs``: ``time`` (MJD), ``seq`` (sequence number; several nights in day,
     sequence order as 0, 1, 2 ...) or ``airmass``. ``since``/``until``: MJD or ISO time;
     ``image_type``: e.g. ``bias`` (case-insensitive)."""
     if vs not in VS:
         raise ValueError(f"vs must be one of {VS}, not {vs!r}")
     if isinstance(repo, Catalog):
+        metric = repo.resolve_metric(metric)
         rows = repo.query_amp(amp, metric, since, until, image_type)
     else:
         with open_catalog(repo, storage_options) as cat:
+            metric = cat.resolve_metric(metric)
             rows = cat.query_amp(amp, metric, since, until, image_type)
     rows.sort(key=lambda r: (r["mjd"] is None, r["mjd"] or 0.0, r["dayobs"] or 0, r["seqnum"] or 0))
     mjd = _floats(rows, "mjd")

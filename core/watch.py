@@ -23,6 +23,9 @@ detector, outcome) and, while its exposure fills, the CCD task's small result (m
 sources, node metadata), so a restarted watcher finishes a partial exposure exactly as if it had
 never stopped. The overview bins of the CCDs already in are recomputed from their stored level 1
 (the same numbers). A CCD whose task was in flight when the watcher died is simply done again.
+A resumed exposure's timeout counts from the restart (CCDs that landed while no watcher ran are
+its own, however long that was), and every exposure the watcher completed is put in the catalog
+if it is not there (one published just before the watcher died is recorded from its store).
 """
 
 from __future__ import annotations
@@ -203,6 +206,11 @@ class WatchState:
         self.db.execute("DELETE FROM files WHERE obsid = ?", (obsid,))
         self.db.execute("DELETE FROM exposures WHERE obsid = ?", (obsid,))
 
+    def complete(self) -> list[str]:
+        return [
+            r[0] for r in self.db.execute("SELECT obsid FROM exposures WHERE status = 'complete'")
+        ]
+
     def completed(self, obsid: str, t_complete: float, latency: float) -> None:
         self.db.execute("BEGIN")
         self.db.execute(
@@ -220,6 +228,13 @@ class WatchState:
 # The watcher
 
 
+def _crash_point(name: str) -> None:
+    """Where a test makes the watcher die (``CVT_TEST_WATCH_DIE_AT=name``): the process ends at
+    once, as ``kill -9`` or a power cut would end it there."""
+    if os.environ.get("CVT_TEST_WATCH_DIE_AT") == name:
+        os._exit(70)
+
+
 def _iso(t: float) -> str | None:
     if not np.isfinite(t) or t <= 0:
         return None
@@ -229,7 +244,8 @@ def _iso(t: float) -> str | None:
 @dataclass
 class WatchEvent:
     """What the watcher tells its caller: ``kind`` is ``created``, ``resumed``, ``ccd``,
-    ``failed``, ``complete``, ``late``, ``unidentified`` or ``error`` (a round that failed)."""
+    ``failed``, ``complete``, ``late``, ``unidentified``, ``catalogued`` (a completed exposure
+    missing from the catalog, recorded at start) or ``error`` (a round that failed)."""
 
     kind: str
     obsid: str | None = None
@@ -250,7 +266,8 @@ class WatchEvent:
 @dataclass
 class ExposureDone:
     """An exposure the watcher completed: ``latency`` is seconds from its last file landing
-    (mtime) to ``complete: true``; ``timed_out`` when it completed by the timeout."""
+    (mtime) to ``complete: true``, the ``watch.latency_s`` stored in it; ``timed_out`` when it
+    completed by the timeout."""
 
     obsid: str
     path: Path
@@ -279,9 +296,11 @@ class _Filling:
     summary: dict
     expected: int
     accounted: set[str] = field(default_factory=set)  # detectors ingested, failed or in flight
+    failed: set[str] = field(default_factory=set)  # detectors whose file came but failed
     in_flight: int = 0
     first_landed: float = float("inf")
     last_landed: float = 0.0
+    resumed: float = 0.0  # when a restarted watcher took it up: the timeout counts from then
     boxes: list[tuple[int, int, int, int]] = field(default_factory=list)  # overview to rewrite
     dirty: bool = True
     t_refresh: float = 0.0
@@ -339,6 +358,7 @@ class Watcher:
         self.done: list[ExposureDone] = []
         self.errors: list[str] = []  # rounds that failed (the watcher went on)
         self._retries: dict[str, int] = {}
+        self._limit: int | None = None  # tasks to keep submitted, asked once a round
         self._workers = workers
         self._scheduler = scheduler
         self._own_executor = executor is None
@@ -374,7 +394,9 @@ class Watcher:
 
     def _resume(self) -> None:
         """Exposures left filling by an earlier run: finished if the repository says they are
-        complete, forgotten (their files done again) if the store is gone, else filled on."""
+        complete, forgotten (their files done again) if the store is gone, else filled on. The
+        folder is looked at before any of them can time out: a CCD that landed while no watcher
+        ran is then a candidate, which holds its exposure open."""
         for obsid in self.state.filling():
             path = self.repo / f"{obsid}.zarr"
             if not (path / "zarr.json").exists():
@@ -382,10 +404,32 @@ class Watcher:
                 self.known = self.state.known_files()
                 continue
             attrs = json.loads((path / "zarr.json").read_text())["attributes"]["cvt"]
-            if attrs.get("complete"):
-                self.state.completed(obsid, time.time(), float("nan"))
+            if attrs.get("complete"):  # published, then the watcher died
+                latency = (attrs.get("watch") or {}).get("latency_s")
+                self.state.completed(
+                    obsid, time.time(), float("nan") if latency is None else latency
+                )
                 continue
             self._restore(obsid, attrs)
+        self._catalogue_completed()
+        if self.filling:
+            self._look()
+
+    def _catalogue_completed(self) -> None:
+        """Every exposure this watcher completed is in the catalog: one published but not
+        recorded (the watcher died in between, or the catalog could not be written) is recorded
+        from its store, as ``cvt catalog rebuild`` would."""
+        from core import catalog
+
+        try:
+            added = catalog.record_missing(self.repo, self.state.complete())
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "%s: completed exposures not checked against the catalog: %s", self.repo, exc
+            )
+            return
+        for obsid in added:
+            self._emit("catalogued", obsid=obsid)
 
     def _restore(self, obsid: str, attrs: dict) -> _Filling:
         """A partial exposure of the repository filled on: the CCD results the state holds are
@@ -393,6 +437,7 @@ class Watcher:
         when their files are seen (the next root no longer lists them before that)."""
         camera = load_camera(attrs["camera"])
         e = self._new_filling(obsid, camera, PartialExposure.resume(self.repo, obsid), attrs)
+        e.resumed = time.time()
         self.state.exposure(obsid, camera=camera.name, status="filling", expected=e.expected)
         for path, mtime, detector, status, reason, blob in self.state.files_of(obsid):
             if status == "ingested" and blob is None:  # cannot be replayed: done again
@@ -410,6 +455,7 @@ class Watcher:
                 e.collector.failures.append({"file": path, "reason": reason})
                 if status == "failed" and detector:
                     e.accounted.add(detector)
+                    e.failed.add(detector)
         grid = e.collector.grid
         e.boxes = [(0, grid.ny, 0, grid.nx)]
         e.dirty = True
@@ -453,6 +499,7 @@ class Watcher:
             complete=complete,
             seconds=time.perf_counter() - e.t_start,
             n_expected=self.expect,
+            failed=e.failed,
         )
 
     def _exposure_for(self, info: RawInfo, mtime: float) -> _Filling | None:
@@ -495,17 +542,18 @@ class Watcher:
         e.boxes = []
         c.write_products(e.part.writer, overview=False)  # the tables
         attrs = self._attributes(e, True)
+        now = time.time()
+        latency = round(now - e.last_landed, 3)  # the one value: stored, printed, reported
         attrs["watch"] = {
             "first_landed": _iso(e.first_landed),
             "last_landed": _iso(e.last_landed),
-            "latency_s": round(time.time() - e.last_landed, 3),
+            "latency_s": latency,
             "timed_out": timed_out,
         }
         path = e.part.publish(attrs, c.nodes)
-        now = time.time()
-        latency = now - e.last_landed
+        _crash_point("published")
         self.state.completed(e.obsid, now, latency)
-        record_in_catalog(self.repo, path, attrs, c.written_tables)
+        record_in_catalog(self.repo, path, attrs, c.written_tables)  # else done at the restart
         del self.filling[e.obsid]
         self._spare_grid = c.grid  # the next exposure's, emptied (exposures come one by one)
         done = ExposureDone(
@@ -525,8 +573,8 @@ class Watcher:
             info={
                 "ccds": len(done.detectors),
                 "failed": len(done.failures),
-                "missing": len(done.missing),
-                "latency_s": round(latency, 2),
+                "missing": max(0, e.expected - len(done.detectors)),
+                "latency_s": latency,
                 "timed_out": timed_out,
             },
         )
@@ -582,6 +630,7 @@ class Watcher:
         self.state.file(path, size, mtime, info.obsid, info.detector, "failed", reason)
         e.collector.failures.append({"file": path, "reason": reason})
         e.accounted.add(info.detector)
+        e.failed.add(info.detector)
         e.last_landed = max(e.last_landed, mtime)
         e.dirty = True
         self._emit("failed", obsid=info.obsid, file=path, detector=info.detector, reason=reason)
@@ -617,8 +666,9 @@ class Watcher:
     def _submit(self) -> None:
         if not self.queue:
             return
-        limit = in_flight_limit(self.executor)
-        while self.queue and len(self.futures) < limit:
+        if self._limit is None:  # once a round: a Dask cluster's size is a scheduler round trip
+            self._limit = in_flight_limit(self.executor)
+        while self.queue and len(self.futures) < self._limit:
             info, mtime, size = self.queue.pop(0)
             e = self.filling[info.obsid]
             grid = e.collector.grid
@@ -660,12 +710,14 @@ class Watcher:
             from core.distributed import make_executor
 
             self.executor = make_executor(self._scheduler, self._workers, n_tasks=2)
+            self._limit = None
         return len(finished)
 
     def _record(self, e: _Filling, info: RawInfo, mtime: float, size: int, res: CcdResult) -> None:
         if res.error:
             self.state.file(info.path, size, mtime, info.obsid, info.detector, "failed", res.error)
             e.collector.add(res)
+            e.failed.add(info.detector)
             e.dirty = True
             self._emit(
                 "failed", obsid=e.obsid, file=info.path, detector=info.detector, reason=res.error
@@ -683,12 +735,13 @@ class Watcher:
     def step(self, wait_for: float = 0.0) -> None:
         """One round: collect finished tasks, refresh the exposures that changed, complete the
         whole (or timed-out) ones, look at the folder, submit."""
+        self._limit = None
         self._collect(wait_for)
         now = time.time()
         for e in list(self.filling.values()):
             busy = e.in_flight > 0
             whole = len(e.accounted) >= e.expected and not busy
-            deadline = e.last_landed + self.timeout
+            deadline = max(e.last_landed, e.resumed) + self.timeout
             # a file that landed before the deadline and is not yet whole may be one of its CCDs
             quiet = (
                 not busy

@@ -1,8 +1,10 @@
 """``cvt catalog rebuild REPO``: the exposure catalog made again from the stores;
-``cvt catalog list REPO``: the exposures it holds."""
+``cvt catalog list REPO``: the exposures it holds, or with ``--detector R22_S11`` every amp of
+that detector in them (its health status and the ``--metric`` values)."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 from core.catalog import CatalogError, open_catalog, rebuild
@@ -14,6 +16,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--since", help="list: from this time (MJD or ISO)")
     parser.add_argument("--until", help="list: up to this time (MJD or ISO)")
     parser.add_argument("--image-type", help="list: only this image type")
+    parser.add_argument(
+        "--detector", help="list: every amp of this detector (R22_S11), one line an exposure's amp"
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="with --detector: show this metric too (repeatable; read_noise means read_noise_e)",
+    )
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def amp_table(rows: list[dict], metrics: list[str]) -> str:
+    """A detector's amps across exposures as aligned text (``Catalog.query_detector`` rows)."""
+    head = ["obsid", "seq", "time", "image_type", "amp", "status", *metrics]
+    keys = ["obsid", "seqnum", "time", "image_type", "amp", "status", *metrics]
+    lines = [head, *[[_cell(r[k]) for k in keys] for r in rows]]
+    widths = [max(len(line[k]) for line in lines) for k in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines)
 
 
 def run(args) -> int:
@@ -23,10 +49,22 @@ def run(args) -> int:
         return 0
     try:
         with open_catalog(args.repo) as cat:
-            rows = cat.exposures(args.since, args.until, args.image_type)
+            if args.detector:
+                metrics = [cat.resolve_metric(m) for m in args.metric]
+                rows = cat.query_detector(
+                    args.detector, metrics, args.since, args.until, args.image_type
+                )
+            else:
+                rows = cat.exposures(args.since, args.until, args.image_type)
     except (CatalogError, ValueError) as exc:
         print(f"cvt catalog: {exc}", file=sys.stderr)
         return 2
+    if args.detector:
+        if not rows:
+            print(f"no amps of {args.detector} in the catalog of {args.repo}", file=sys.stderr)
+            return 1
+        print(amp_table(rows, list(dict.fromkeys(metrics))))
+        return 0
     for r in rows:
         health = f"ok {r['n_ok']} warn {r['n_warning']} fail {r['n_fail']}"
         print(

@@ -22,7 +22,11 @@ _FAIL_COLOUR = (220, 50, 50)
 def add_arguments(parser) -> None:
     parser.add_argument("repo", help="repository folder or URL")
     parser.add_argument("--amp", help="the amp, e.g. R22_S11_C07")
-    parser.add_argument("--metric", help="a metric column, e.g. read_noise_e")
+    parser.add_argument(
+        "--metric",
+        help="a metric column, e.g. read_noise_e; or without its unit (read_noise: in electrons), "
+        "or the start of one name",
+    )
     parser.add_argument("--vs", choices=VS, default="time", help="x axis (default: time)")
     parser.add_argument("--since", help="from this time (MJD or ISO, e.g. 2026-11-26T00:00)")
     parser.add_argument("--until", help="up to this time (MJD or ISO)")

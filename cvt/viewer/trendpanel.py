@@ -1,7 +1,10 @@
 """The "Trend" dock: one amp's metric across the repository's exposures, from its catalog.
 
 The series is ``core.trend.series`` (the same numbers as ``cvt trend``), queried on the runner's
-``follow`` pool: a catalog is a local SQLite file or, for a server, a download. The point of the
+``follow`` pool: a catalog is a local SQLite file or, for a server, a download. It is cut to one
+image type (biases and flats do not share a trend; the exposure on screen's type when an amp is
+picked or the exposure's type changes) and a span (the last day, week or month of the
+repository). The line joins the points in x order (against airmass too); the point of the
 exposure on screen is ringed; clicking a point opens that exposure. An amp is picked from the
 view's context menu ("Trend of R22_S11_C07"), or from the health table while the dock is open.
 """
@@ -16,6 +19,8 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QMenu, QVBoxLayout
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 
 DEFAULT_METRIC = "read_noise_e"
+ALL_TYPES = "all types"
+SPANS = {"all": None, "last day": 1.0, "last week": 7.0, "last 30 days": 30.0}  # days
 
 
 class TrendPanel(QWidget):
@@ -31,6 +36,10 @@ class TrendPanel(QWidget):
         from core.trend import VS
 
         self.vs_box.addItems(list(VS))
+        self.type_box = QComboBox(self)
+        self.type_box.addItem(ALL_TYPES)
+        self.span_box = QComboBox(self)
+        self.span_box.addItems(list(SPANS))
         self.title = QLabel("pick an amp: right-click it in the view", self)
         self.plot = pg.PlotWidget(background=None)
         self.plot.setMenuEnabled(False)
@@ -54,13 +63,15 @@ class TrendPanel(QWidget):
         top.addWidget(self.metric_box, 1)
         top.addWidget(QLabel("against", self))
         top.addWidget(self.vs_box)
+        top.addWidget(self.type_box)
+        top.addWidget(self.span_box)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addLayout(top)
         lay.addWidget(self.title)
         lay.addWidget(self.plot, 1)
-        self.metric_box.currentTextChanged.connect(lambda _: self.choice_changed.emit())
-        self.vs_box.currentTextChanged.connect(lambda _: self.choice_changed.emit())
+        for box in (self.metric_box, self.vs_box, self.type_box, self.span_box):
+            box.currentTextChanged.connect(lambda _: self.choice_changed.emit())
 
     @property
     def metric(self) -> str:
@@ -70,17 +81,29 @@ class TrendPanel(QWidget):
     def vs(self) -> str:
         return self.vs_box.currentText()
 
+    @property
+    def image_type(self) -> str | None:
+        """The image type shown (None: all)."""
+        text = self.type_box.currentText()
+        return None if text in ("", ALL_TYPES) else text
+
+    @property
+    def span_days(self) -> float | None:
+        return SPANS.get(self.span_box.currentText())
+
     def set_metrics(self, names: list[str], chosen: str) -> None:
-        self.metric_box.blockSignals(True)
-        self.metric_box.clear()
-        self.metric_box.addItems(names)
-        self.metric_box.setCurrentText(chosen)
-        self.metric_box.blockSignals(False)
+        _set_items(self.metric_box, names, chosen)
+
+    def set_image_types(self, names: list[str], chosen: str | None) -> None:
+        """The image types to pick from (the catalog's, and ``chosen``), ``chosen`` picked."""
+        names = sorted({*names, *([chosen] if chosen else [])})
+        _set_items(self.type_box, [ALL_TYPES, *names], chosen or ALL_TYPES)
 
     def set_series(self, series, current_obsid: str | None) -> None:
         s = series.finite()
         self.series = s
-        self.line.setData(s.x, s.y)
+        order = np.argsort(s.x, kind="stable")  # the points come in time order
+        self.line.setData(s.x[order], s.y[order])
         self.points.setData(
             s.x, s.y, data=list(range(len(s))), brush=[_brush(st) for st in s.status]
         )
@@ -110,6 +133,15 @@ class TrendPanel(QWidget):
         self.point_clicked.emit(self.series.obsid[int(points[0].data())])
 
 
+def _set_items(box: QComboBox, names: list[str], chosen: str) -> None:
+    """Replace a picker's items without a ``choice_changed`` (no query for it)."""
+    box.blockSignals(True)
+    box.clear()
+    box.addItems(names)
+    box.setCurrentText(chosen)
+    box.blockSignals(False)
+
+
 def _brush(status: str | None):
     colours = {"fail": (230, 60, 60), "warning": (255, 170, 0), "known": (120, 140, 200)}
     return pg.mkBrush(*colours.get(status or "", (120, 180, 255)))
@@ -133,6 +165,7 @@ class TrendControls(QObject):
         self.amp: str | None = None
         self.repo: str | None = None
         self._seq = 0
+        self._shown_type: str | None = None  # the image type of the exposure on screen
         self.panel.choice_changed.connect(self.query)
         self.panel.point_clicked.connect(self._open)
         view = window.view
@@ -150,8 +183,17 @@ class TrendControls(QObject):
             return
         self.amp = amp
         self.repo = split_repository(self.window.url)[0]
+        self._follow_image_type(self.window.exposure)
         self.dock.show()
         self.query()
+
+    def _follow_image_type(self, exposure) -> None:
+        """The filter to the image type of ``exposure`` (the one on screen)."""
+        kind = exposure.attrs.get("image_type") if exposure is not None else None
+        self._shown_type = kind
+        p = self.panel
+        types = [p.type_box.itemText(i) for i in range(1, p.type_box.count())]
+        p.set_image_types(types, kind)
 
     def query(self) -> None:
         if self.amp is None or self.repo is None:
@@ -167,6 +209,8 @@ class TrendControls(QObject):
             self.amp,
             metric,
             self.panel.vs,
+            self.panel.image_type,
+            self.panel.span_days,
             on_done=lambda res: seq == self._seq and self._on_series(res),
             on_error=lambda exc: seq == self._seq and self.panel.show_message(f"no trend: {exc}"),
         )
@@ -176,20 +220,23 @@ class TrendControls(QObject):
         return name if name not in ("", "(none)") else DEFAULT_METRIC
 
     def _on_series(self, result) -> None:
-        metrics, series = result
+        metrics, image_types, series = result
         self.panel.set_metrics(metrics, series.metric)
+        self.panel.set_image_types(image_types, self.panel.image_type)
         exposure = self.window.exposure
         self.panel.set_series(series, exposure.obsid if exposure is not None else None)
         self.shown.emit()
 
     def opened(self, exposure) -> None:
-        """Another exposure on screen: ring it (and ask again: it may be new in the catalog)."""
+        """Another exposure on screen: ring it (and ask again: it may be new in the catalog, or
+        of another image type, which the filter then follows)."""
         self.panel.highlight(exposure.obsid)
-        if (
-            self.dock.isVisible()
-            and self.amp
-            and (self.panel.series is None or exposure.obsid not in self.panel.series.obsid)
-        ):
+        if not (self.dock.isVisible() and self.amp):
+            return
+        if exposure.attrs.get("image_type") != self._shown_type:
+            self._follow_image_type(exposure)
+            self.query()
+        elif self.panel.series is None or exposure.obsid not in self.panel.series.obsid:
             self.query()
 
     def _open(self, obsid: str) -> None:
@@ -219,8 +266,16 @@ class TrendControls(QObject):
             menu.deleteLater()
 
 
-def query_trend(repo: str, amp: str, metric: str, vs: str):
-    """Worker: (metrics the catalog holds, the series of ``amp``'s ``metric``)."""
+def query_trend(
+    repo: str,
+    amp: str,
+    metric: str,
+    vs: str,
+    image_type: str | None = None,
+    days: float | None = None,
+):
+    """Worker: (metrics the catalog holds, its image types, the series of ``amp``'s ``metric``
+    for ``image_type`` (None: all) over the last ``days`` of it (None: all))."""
     from core.catalog import open_catalog
     from core.trend import series
 
@@ -228,4 +283,5 @@ def query_trend(repo: str, amp: str, metric: str, vs: str):
         metrics = sorted(cat.metrics())
         if metric not in metrics:
             metric = DEFAULT_METRIC if DEFAULT_METRIC in metrics else (metrics or [metric])[0]
-        return metrics, series(cat, amp, metric, vs)
+        s = series(cat, amp, metric, vs, image_type=image_type)
+        return metrics, cat.image_types(), s.last(days)

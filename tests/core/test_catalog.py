@@ -181,3 +181,63 @@ def test_a_remote_copy_reads_the_same(night):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_query_by_detector(night):
+    """Every amp of a detector across exposures, by time and image type, with the metrics
+    asked for (by name, without its unit, or by a prefix only one metric has)."""
+    repo, reports = night
+    rows = catalog.query_detector(repo, "RXX_S00", ["read_noise", "bias_lev"])
+    assert len(rows) == 4 * 16
+    assert [r["seqnum"] for r in rows[::16]] == [1, 2, 3, 4]
+    assert [r["amp"] for r in rows[:16]] == sorted(r["amp"] for r in rows[:16])
+    c07 = [r for r in rows if r["amp"] == "C07"]
+    # the same numbers as the amp's own query, and the status of each amp
+    assert [r["read_noise_e"] for r in c07] == [
+        r["value"] for r in catalog.query_amp(repo, AMP, "read_noise_e")
+    ]
+    assert all(r["bias_level"] is not None and r["status"] for r in rows)
+    mjds = sorted({r["mjd"] for r in rows})
+    later = catalog.query_detector(repo, "RXX_S00", since=mjds[2], image_type="bias")
+    assert {r["seqnum"] for r in later} == {3, 4} and len(later) == 2 * 16
+    assert "read_noise_e" not in later[0] and later[0]["amp"] == "C00"
+    assert catalog.query_detector(repo, "RXX_S00", image_type="flat") == []
+    assert catalog.query_detector(repo, "R22_S11") == []
+    with catalog.open_catalog(repo) as cat:
+        assert cat.image_types() == ["BIAS"]
+
+
+def test_metric_names_resolve_or_say_which_there_are(night):
+    repo, _ = night
+    with catalog.open_catalog(repo) as cat:
+        assert cat.resolve_metric("read_noise_e") == "read_noise_e"
+        assert cat.resolve_metric("read_noise") == "read_noise_e"  # the issue's own example
+        assert cat.resolve_metric("read_noise_a") == "read_noise_adu"
+        assert cat.resolve_metric("divisadero") == "divisadero_tearing"
+        with pytest.raises(catalog.CatalogError, match="ambiguous: bias_level, bias_row_noise"):
+            cat.resolve_metric("bias_")
+        with pytest.raises(
+            catalog.CatalogError, match=r"no metric 'noise' \(known: .*read_noise_e"
+        ):
+            cat.resolve_metric("noise")
+    s = trend.series(repo, AMP, "read_noise", vs="seq")
+    assert s.metric == "read_noise_e" and np.all(np.diff(s.y) > 0)
+
+
+def test_recording_again_and_recording_what_is_missing(night, tmp_path):
+    """Recording an exposure twice leaves the same rows; ``record_missing`` puts in the
+    exposures a writer published without recording (read from their stores), and no others."""
+    repo, reports = night
+    before, before_exp = _all_amp_rows(repo), catalog.query_exposures(repo)
+    exp = open_exposure(reports[1].path)
+    catalog.record_exposure(repo, exp)
+    catalog.record_exposure(repo, exp)
+    assert _all_amp_rows(repo) == before and catalog.query_exposures(repo) == before_exp
+    with sqlite3.connect(catalog.catalog_path(repo)) as db:
+        for table in ("amps", "exposures"):
+            db.execute(f"DELETE FROM {table} WHERE obsid = ?", (exp.obsid,))
+    db.close()
+    names = [r.obsid for r in reports]
+    assert catalog.record_missing(repo, [*names, "AT_O_20261125_000099"]) == [exp.obsid]
+    assert catalog.record_missing(repo, names) == []
+    assert _all_amp_rows(repo) == before and catalog.query_exposures(repo) == before_exp

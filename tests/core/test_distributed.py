@@ -80,6 +80,42 @@ def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     assert_same_exposure(a, open_exposure(done[0].path))
 
 
+def test_the_watcher_asks_the_cluster_its_size_once_a_round(cluster, tmp_path):
+    """A Dask cluster's size is a round trip to the scheduler: the watcher asks it once per
+    round of looking and submitting, not once per file it accepts (two land together here)."""
+    import time
+
+    from core.distributed import DaskExecutor
+
+    class Counting(DaskExecutor):
+        asked = 0
+
+        @property
+        def _max_workers(self) -> int:
+            Counting.asked += 1
+            return super()._max_workers
+
+    sim = simulate_exposure(
+        tmp_path / "raw", camera="ComCam", detectors=DETECTORS, seed=12, faults=False, workers=2
+    )
+    client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    executor = Counting(client=client)
+    watcher = Watcher(tmp_path / "raw", tmp_path / "repo", expect=2, poll=0.1, executor=executor)
+    asked = []
+    try:
+        t0 = time.monotonic()
+        while not watcher.done and time.monotonic() - t0 < 120:
+            before = Counting.asked
+            watcher.step(wait_for=0.1)
+            asked.append(Counting.asked - before)
+            time.sleep(0.1)
+    finally:
+        watcher.close()
+        client.close()
+    assert [d.obsid for d in watcher.done] == [sim.obsid] and watcher.errors == []
+    assert max(asked) == 1, asked  # both files accepted and submitted in one round
+
+
 def test_an_unreachable_scheduler_says_so(tmp_path):
     from core.distributed import DaskExecutor, SchedulerError
 

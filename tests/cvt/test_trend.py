@@ -1,12 +1,15 @@
 """``cvt trend``, ``cvt catalog`` and ``cvt watch`` from the command line, on a small catalog made
-directly (the pipeline behind it is tested in tests/core/test_catalog.py and test_watch.py)."""
+directly (the pipeline behind it is tested in tests/core/test_catalog.py and test_watch.py) and
+on a simulated night ingested for real."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from core import catalog
 from cvt.cli import main
+from tests.core.test_catalog import AMP, FACTORS, simulate_noisy_night
 
 NOISE = (5.0, 5.5, 6.1, 6.8, 7.4)
 
@@ -79,6 +82,73 @@ def test_trend_png(repo, tmp_path, capsys):
 
     image = QImage(str(png))
     assert image.width() == 1000 and 400 <= image.height() <= 600
+    # the points as drawn: four ok (green) then one failing (red), each higher than the last
+    rgb = QImage(str(png)).convertToFormat(QImage.Format.Format_RGB888)
+    pixels = (
+        np.frombuffer(rgb.constBits(), np.uint8)
+        .reshape(rgb.height(), rgb.bytesPerLine())[:, : 3 * rgb.width()]
+        .reshape(rgb.height(), rgb.width(), 3)
+    )
+    points = []
+    for status, colour in (("ok", (60, 170, 90)), ("fail", (220, 50, 50))):
+        ys, xs = np.nonzero(np.all(pixels == colour, axis=2))
+        clusters = np.split(np.argsort(xs), np.flatnonzero(np.diff(np.sort(xs)) > 3) + 1)
+        points.extend((xs[c].mean(), ys[c].mean(), status) for c in clusters if len(c))
+    points.sort()
+    assert [s for _, _, s in points] == ["ok"] * 4 + ["fail"]
+    rows = [y for _, y, _ in points]
+    assert np.all(np.diff(rows) < 0)  # image rows grow downwards: the noise rises
+    # as far apart as the values: the same scale within a few pixels
+    scale = (rows[0] - rows[-1]) / (NOISE[-1] - NOISE[0])
+    np.testing.assert_allclose(
+        rows[0] - np.array(rows), scale * (np.array(NOISE) - NOISE[0]), atol=3
+    )
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    repo, reports = simulate_noisy_night(tmp_path_factory.mktemp("night"))
+    return repo, sorted(r.obsid for r in reports)
+
+
+def test_trend_on_a_simulated_night(night, capsys):
+    """The issue's own example, ``--metric read_noise``: the catalog's read noise in electrons,
+    drifting up on C07 as simulated; a misspelt metric lists the ones there are."""
+    repo, obsids = night
+    assert main(["trend", str(repo), "--amp", AMP, "--metric", "read_noise", "--vs", "seq"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["obsid", "seq", "time", "(UTC)", "airmass"]
+    assert "read_noise_e" in lines[0]
+    want = catalog.query_amp(repo, AMP, "read_noise_e")
+    for line, obsid, row in zip(lines[1:5], obsids, want):
+        assert line.split()[0] == obsid and f"{row['value']:.4g}" in line.split()
+    values = np.array([r["value"] for r in want])
+    np.testing.assert_allclose(values / values[0], FACTORS, rtol=0.08)
+    spark = lines[6].split()[0]
+    assert len(spark) == 4 and spark[0] == "▁" and spark[-1] == "█"
+    assert "slope" in lines[7] and float(lines[7].split()[1]) > 0
+    assert main(["trend", str(repo), "--amp", AMP, "--metric", "read_nosie"]) == 2
+    err = capsys.readouterr().err
+    assert "no metric 'read_nosie'" in err and "read_noise_e" in err and "bias_level" in err
+
+
+def test_catalog_lists_a_detectors_amps(night, capsys):
+    repo, obsids = night
+    args = ["catalog", "list", str(repo), "--detector", "RXX_S00", "--metric", "read_noise"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "obsid", "seq", "time", "image_type", "amp", "status", "read_noise_e"
+    ]  # fmt: skip
+    assert len(lines) == 1 + 4 * 16
+    c07 = [line.split() for line in lines[1:] if line.split()[4] == "C07"]
+    assert [c[0] for c in c07] == obsids
+    want = [f"{r['value']:.4g}" for r in catalog.query_amp(repo, AMP, "read_noise_e")]
+    assert [c[6] for c in c07] == want
+    assert main([*args, "--image-type", "flat"]) == 1
+    assert "no amps of RXX_S00" in capsys.readouterr().err
+    assert main([*args[:-1], "nope"]) == 2
+    assert "no metric 'nope'" in capsys.readouterr().err
 
 
 def test_catalog_list_and_rebuild(repo, capsys):
@@ -100,3 +170,4 @@ def test_watch_records_a_junk_file_and_exits_when_idle(tmp_path, capsys):
     assert main([*args, "--exit-when-idle", "0.5", "--quiet"]) == 0
     assert "unidentified" in capsys.readouterr().err
     assert (tmp_path / "repo" / "watch-failures.jsonl").is_file()
+    assert not (tmp_path / "repo" / "catalog.sqlite").exists()  # nothing to catalogue

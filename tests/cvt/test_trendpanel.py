@@ -92,3 +92,74 @@ def test_context_menu_offers_the_amp_under_the_cursor(viewer, qtbot, night):
         menu.actions()[0].trigger()
     menu.deleteLater()
     assert w.trend.panel.series.amp == AMP and w.trend.dock.isVisible()
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """The night plus two flats of the same night and a bias from three weeks before."""
+    from core.ingest import ingest
+    from core.simulate import simulate_ccd
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    repo, reports = simulate_noisy_night(tmp)
+    extra = tmp / "extra"
+    extra.mkdir()
+    for day, seq, kind in (
+        ("20261125", 5, "flat"),
+        ("20261125", 6, "flat"),
+        ("20261104", 1, "bias"),
+    ):
+        ccd = simulate_ccd(
+            "RXX_S00", camera="LATISS", seed=3, image_type=kind, day_obs=day, seq=seq
+        )
+        ccd.write(extra / ccd.filename)
+    more, _ = ingest([extra], repo, workers=1)
+    assert all(r.ok for r in more)
+    night = sorted(r.obsid for r in reports)
+    flats = sorted(r.obsid for r in more if r.obsid.startswith("AT_O_20261125"))
+    old = [r.obsid for r in more if r.obsid.startswith("AT_O_20261104")]
+    return repo, night, flats, old
+
+
+def test_trend_dock_filters_by_image_type_and_span(viewer, qtbot, mixed):
+    """The trend follows the image type of the exposure on screen (biases and flats are not one
+    trend), can be cut to the repository's last week or shown for every type; against airmass
+    its line runs in airmass order, not in time order."""
+    repo, night, flats, old = mixed
+    w = viewer()
+    with qtbot.waitSignal(w.opened, timeout=60000):
+        w.open(repo / f"{night[1]}.zarr")
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        w.show_trend(AMP)
+    panel = w.trend.panel
+    assert panel.type_box.currentText() == "BIAS" and panel.span_box.currentText() == "all"
+    assert [panel.type_box.itemText(i) for i in range(panel.type_box.count())] == [
+        "all types", "BIAS", "FLAT"
+    ]  # fmt: skip
+    assert panel.series.obsid == old + night
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        panel.span_box.setCurrentText("last week")
+    assert panel.series.obsid == night
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        panel.type_box.setCurrentText("all types")
+    assert panel.series.obsid == sorted(night + flats)
+    x, y = panel.points.getData()
+    np.testing.assert_allclose(y[:4] / y[0], FACTORS, rtol=0.08)  # the night's biases first
+
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        panel.vs_box.setCurrentText("airmass")
+    s = panel.series
+    assert np.any(np.diff(s.x) < 0)  # in time order the airmass goes back and forth
+    x, y = panel.points.getData()
+    np.testing.assert_array_equal(x, s.x)
+    lx, ly = panel.line.getData()
+    order = np.argsort(s.x)
+    np.testing.assert_array_equal(lx, s.x[order])
+    np.testing.assert_array_equal(ly, s.y[order])
+
+    # a flat on screen: the filter follows it
+    with qtbot.waitSignal(w.trend.shown, timeout=60000):
+        w.open(repo / f"{flats[0]}.zarr")
+    assert panel.type_box.currentText() == "FLAT" and panel.series.obsid == flats
+    cx, _ = panel.current.getData()
+    assert cx[0] == panel.series.x[0]
