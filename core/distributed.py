@@ -116,20 +116,35 @@ class DaskExecutor:
 @contextmanager
 def interrupts_held():
     """Ctrl-C (SIGINT) or SIGTERM while the block runs takes effect, as it would have, when the
-    block ends (main thread only). A local pool starts a worker inside ``submit``,
-    which waits for the forkserver (for its imports, the first second or two); interrupted
-    there, the worker was left half-started and printed a traceback once the ingest had gone."""
+    block ends; and the processes the block starts never see Ctrl-C (main thread only).
+
+    - A local pool starts a worker inside ``submit``, which waits for the forkserver (for its
+      imports, the first second or two); interrupted there, the worker was left half-started
+      and printed a traceback once the ingest had gone.
+    - Ctrl-C goes to every process of the terminal's group: the forkserver, started here,
+      printed its KeyboardInterrupt traceback when it came while it was still importing. It
+      starts with SIGINT blocked (exec keeps the mask), and so do the workers forked from it;
+      the ingest handles Ctrl-C for all of them.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+
+    def hold(signum, frame) -> None:  # SIGTERM, or a SIGINT that another thread took
+        caught.append(signum)
+
+    # handlers change with SIGINT blocked, so that none runs half-way through the change
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, hold)
         yield
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for sig in reversed(old):
+            signal.signal(sig, old[sig])
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held one comes in now
     if caught:
         signal.raise_signal(caught[0])
 
@@ -166,11 +181,15 @@ def start_local_workers():
     calls this before importing the ingest itself and reading the raw headers, and the workers
     fork with everything loaded."""
     import multiprocessing
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, resource_tracker
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["core._preload"])
-    forkserver.ensure_running()
+    # the resource tracker first: it starts deaf to Ctrl-C by itself, and unblocks SIGINT in
+    # this process when it has started, which inside the block below undid the block
+    resource_tracker.ensure_running()
+    with interrupts_held():  # the forkserver starts deaf to Ctrl-C
+        forkserver.ensure_running()
     return context
 
 

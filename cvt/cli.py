@@ -66,16 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     batch command's process then ends without tearing the interpreter down (``_leave``)."""
     as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints usage or the error and exits
-        return 2
-    name = argv[0]
-    module = importlib.import_module(f"cvt.commands.{COMMANDS[name]}")
-    cmd = argparse.ArgumentParser(prog=f"cvt {name}", description=HELP[name])
-    module.add_arguments(cmd)
-    args = cmd.parse_args(argv[1:])
-    try:
+    try:  # a Ctrl-C while the command's modules are still imported is an interrupt, too
+        parser = build_parser()
+        if not argv or argv[0] not in COMMANDS:
+            parser.parse_args(argv)  # prints usage or the error and exits
+            return 2
+        name = argv[0]
+        module = importlib.import_module(f"cvt.commands.{COMMANDS[name]}")
+        cmd = argparse.ArgumentParser(prog=f"cvt {name}", description=HELP[name])
+        module.add_arguments(cmd)
+        args = cmd.parse_args(argv[1:])
         code = int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
