@@ -59,7 +59,7 @@ class LazyGroup:
             return node
         doc = self._nodes.get(full)
         if doc is None:
-            raise KeyError(f"{full!r} is not in the consolidated metadata")
+            doc = self._own_metadata(full)
         if doc["node_type"] == "array":
             meta = ArrayV3Metadata.from_dict(dict(doc))
             node = Array(AsyncArray(metadata=meta, store_path=StorePath(self.store, full)))
@@ -67,6 +67,20 @@ class LazyGroup:
             node = LazyGroup(self.store, full, self._nodes, doc.get("attributes", {}))
         self._cache[full] = node
         return node
+
+    def _own_metadata(self, full: str) -> dict:
+        """A node the consolidated metadata lacks (written after it, or left out): its own
+        ``zarr.json``, one more read."""
+        buf = sync(self.store.get(f"{full}/zarr.json", prototype=default_buffer_prototype()))
+        if buf is None:
+            raise KeyError(f"{full!r} is neither in the consolidated metadata nor in the store")
+        try:
+            doc = json.loads(buf.to_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{full}/zarr.json is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("node_type") not in ("array", "group"):
+            raise ValueError(f"{full}/zarr.json is not a zarr v3 node")
+        return doc
 
     def keys(self) -> list[str]:
         prefix = f"{self.path}/" if self.path else ""
