@@ -25,6 +25,12 @@ from zarr.storage import LocalStore
 from zarr.storage._common import StorePath
 
 
+class CorruptChunk(ValueError):
+    """A chunk that was read whole but does not decode (a truncated or damaged blosc frame, a
+    wrong length): the stored bytes are wrong, so reading them again gives the same. A reader
+    that retries failures retries the link's, not these."""
+
+
 class Attributes(dict):
     """A node's attributes (read-only by convention), with zarr's ``asdict``."""
 
@@ -155,7 +161,8 @@ def _blosc_or_plain(arr) -> bool:
 
 def read_chunk(arr: Array, index: tuple[int, ...]) -> np.ndarray | None:
     """Chunk ``index`` of ``arr``, clipped to the array's shape, or None when the store has no
-    such chunk (zarr itself would return the fill value, indistinguishable from data).
+    such chunk (zarr itself would return the fill value, indistinguishable from data); a chunk
+    read whole that does not decode raises ``CorruptChunk`` naming its key.
 
     zarr-python reads one chunk through its event loop and codec pipeline: ~1.6 ms of Python a
     chunk, holding the interpreter lock that the viewer's GUI thread then queues for. The arrays
@@ -191,13 +198,13 @@ def read_chunk(arr: Array, index: tuple[int, ...]) -> np.ndarray | None:
     if len(arr.metadata.codecs) == 2:
         problem = blosc_frame_ok(frame, expected)
         if problem:
-            raise ValueError(f"chunk {full_key}: {problem}")
+            raise CorruptChunk(f"chunk {full_key}: {problem}")
         try:
             raw = numcodecs.blosc.decompress(frame)
         except Exception as exc:  # a damaged frame behind a whole header
-            raise ValueError(f"chunk {full_key}: cannot be decoded ({exc})") from exc
+            raise CorruptChunk(f"chunk {full_key}: cannot be decoded ({exc})") from exc
     elif len(frame) != expected:
-        raise ValueError(f"chunk {full_key}: {len(frame)} bytes where {expected} are expected")
+        raise CorruptChunk(f"chunk {full_key}: {len(frame)} bytes where {expected} are expected")
     else:
         raw = frame
     data = np.frombuffer(raw, dtype=dtype).reshape(chunks)

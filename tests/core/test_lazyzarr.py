@@ -147,14 +147,19 @@ def test_every_chunk_reads_as_zarr_reads_it(store_path):
 
 
 def test_a_missing_chunk_is_none_and_a_damaged_one_an_error_naming_it(store_path):
-    from core.lazyzarr import read_chunk
+    from core.lazyzarr import CorruptChunk, read_chunk
 
     (store_path / "detectors/A/0/c/1/1").unlink()
     chunk = store_path / "detectors/A/0/c/0/1"
-    chunk.write_bytes(chunk.read_bytes()[:-100])
+    frame = chunk.read_bytes()
+    chunk.write_bytes(frame[:-100])
     arr = open_group(zarr.storage.LocalStore(str(store_path), read_only=True))["detectors/A/0"]
     assert read_chunk(arr, (1, 1)) is None
-    with pytest.raises(Exception, match="0/c/0/1"):
+    with pytest.raises(CorruptChunk, match=r"0/c/0/1.*truncated"):
+        read_chunk(arr, (0, 1))
+    # a whole header, the rest zeroed: it does not decode
+    chunk.write_bytes(frame[:16] + bytes(len(frame) - 16))
+    with pytest.raises(CorruptChunk, match="0/c/0/1: cannot be decoded"):
         read_chunk(arr, (0, 1))
     assert read_chunk(arr, (0, 0)).shape == (512, 512)
 
