@@ -121,7 +121,7 @@ def run_view(
             return
         state["written"] = True
         print(f"wrote {screenshot} ({image.width()}x{image.height()})")
-        for pane, win in (("", w), ("B: ", other)):
+        for pane, win in (("", w), ("[B] ", other)):
             for line in win.damage_lines() if win is not None else []:
                 print(f"cvt view: {pane}could not read {line}", file=sys.stderr)
         w.close()

@@ -226,6 +226,8 @@ class ViewerWindow(QMainWindow):
     tables_loaded = Signal()
     settings_changed = Signal(object)  # the new DisplaySettings
     status_changed = Signal(str)  # the hover readout
+    damage_changed = Signal(str)  # what is failing or unreadable, as the status bar says it
+    summary_changed = Signal()  # the exposure summary's rows changed
 
     def __init__(
         self,
@@ -305,6 +307,7 @@ class ViewerWindow(QMainWindow):
         self._header_next: str | None = None
         self._closing = False
         self.status_text = ""
+        self.damage_text = ""
         self._build_overlays()
         self._build_ui()
         self._restretch_timer = QTimer(self, singleShot=True, interval=0)
@@ -1202,6 +1205,9 @@ class ViewerWindow(QMainWindow):
         self.progress_label.setToolTip(note)
         if note:
             self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
+        if note != self.damage_text:
+            self.damage_text = note
+            self.damage_changed.emit(note)
 
     def _note_corrupt(self, tile: Tile) -> None:
         """A chunk that cannot be decoded: named in the status bar and the summary, once."""
@@ -1237,10 +1243,18 @@ class ViewerWindow(QMainWindow):
         note = self.loader.failure_note()
         return [*lines, f"tiles: {note}"] if note else lines
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """The exposure summary's (label, text) rows; none before an exposure is open."""
+        if self.exposure is None:
+            return []
+        return summary_lines(self.exposure.attrs, self.problems, self.health_counts)
+
     def _update_summary(self) -> None:
-        if self.exposure is not None:
-            rows = summary_lines(self.exposure.attrs, self.problems, self.health_counts)
-            self.summary_panel.set_summary(rows)
+        if self.compare is not None and self.compare.other is not None:
+            self.compare.update_summary()  # A's and B's, as the panes show them
+        elif self.exposure is not None:
+            self.summary_panel.set_summary(self.summary_rows())
+        self.summary_changed.emit()
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
