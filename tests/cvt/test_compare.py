@@ -176,14 +176,20 @@ def test_view_command_compare_screenshot_and_bad_target(
 ):
     from PySide6.QtGui import QImage
 
+    from tests.cvt.conftest import damaged_copy
     from tests.cvt.test_viewer import _cvt
 
     out = tmp_path / "ab.png"
     a_path, _ = sim_exposure
-    b_path, _ = sim_exposure_b
+    b_path = damaged_copy(sim_exposure_b[0], tmp_path, metrics=True)  # B's table unreadable
     res = _cvt("view", str(a_path), "--compare", str(b_path), "--screenshot", str(out),
                "--size", "640x300", "--goto", "R22_S11", "--timeout", "60")  # fmt: skip
     assert res.returncode == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if line.startswith("cvt view: ")]
+    assert said == [
+        "cvt view: [B] could not read metrics table: metrics/read_noise_e cannot be read "
+        "(RuntimeError: error during blosc decompression: -1)"
+    ]
     img = QImage(str(out))
     assert img.width() >= 640 and img.height() >= 300  # both panes, side by side
     bad = tmp_path / "missing.zarr"
