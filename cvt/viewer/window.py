@@ -390,6 +390,31 @@ class ViewerWindow(QMainWindow):
         self.goto_edit.returnPressed.connect(lambda: self.goto(self.goto_edit.text()))
         tb.addWidget(self.goto_edit)
         tb.addSeparator()
+        tb.addWidget(QLabel(" metric ", self))
+        self.metric_box = QComboBox(self)
+        self.metric_box.addItem("(none)")
+        # as wide as a usual metric's name, not the longest: the toolbar must hold it
+        self.metric_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.metric_box.setMinimumContentsLength(14)
+        self.metric_box.currentTextChanged.connect(self._metric_chosen)
+        tb.addWidget(self.metric_box)
+        # the heat map's colour bar, in the view's corner: always in sight and in every
+        # picture taken
+        self.colour_bar = ColourBar(self.view)
+        self.view.set_corner_widget(self.colour_bar)
+        self.colour_bar.setVisible(False)
+        tb.addSeparator()
+        self.health_action = QAction("Health check", self)
+        self.health_action.triggered.connect(self.run_health)
+        tb.addAction(self.health_action)
+        # the display controls on a second row: on one, a window 900 px wide put the metric
+        # box and the health check into the toolbar's overflow menu
+        self.addToolBarBreak()
+        tb = QToolBar("display", self)
+        tb.setObjectName("display-toolbar")
+        self.addToolBar(tb)
         self.stretch_box = self._combo(tb, "stretch", STRETCHES, self.settings.stretch, "stretch")
         self.limits_box = self._combo(tb, "limits", LIMIT_MODES, self.settings.limits, "limits")
         self.scope_box = self._combo(tb, "per", SCOPES, self.settings.scope, "scope")
@@ -412,21 +437,6 @@ class ViewerWindow(QMainWindow):
         self.health_marks_check.setChecked(True)
         self.health_marks_check.toggled.connect(lambda on: self.health_layer.setVisible(on))
         tb.addWidget(self.health_marks_check)
-        tb.addSeparator()
-        tb.addWidget(QLabel(" metric ", self))
-        self.metric_box = QComboBox(self)
-        self.metric_box.addItem("(none)")
-        self.metric_box.currentTextChanged.connect(self._metric_chosen)
-        tb.addWidget(self.metric_box)
-        # the heat map's colour bar, in the view's corner: always in sight (a toolbar too
-        # narrow for its widgets drops the last ones into a menu) and in every picture taken
-        self.colour_bar = ColourBar(self.view)
-        self.view.set_corner_widget(self.colour_bar)
-        self.colour_bar.setVisible(False)
-        tb.addSeparator()
-        self.health_action = QAction("Health check", self)
-        self.health_action.triggered.connect(self.run_health)
-        tb.addAction(self.health_action)
 
         self.histogram = HistogramPanel(self)
         self.histogram.limits_dragged.connect(
