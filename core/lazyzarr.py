@@ -25,6 +25,12 @@ from zarr.storage import LocalStore
 from zarr.storage._common import StorePath
 
 
+class CorruptChunk(ValueError):
+    """A chunk that was read whole but does not decode (a truncated or damaged blosc frame, a
+    wrong length): the stored bytes are wrong, so reading them again gives the same. A reader
+    that retries failures retries the link's, not these."""
+
+
 class Attributes(dict):
     """A node's attributes (read-only by convention), with zarr's ``asdict``."""
 
@@ -59,7 +65,7 @@ class LazyGroup:
             return node
         doc = self._nodes.get(full)
         if doc is None:
-            raise KeyError(f"{full!r} is not in the consolidated metadata")
+            doc = self._own_metadata(full)
         if doc["node_type"] == "array":
             meta = ArrayV3Metadata.from_dict(dict(doc))
             node = Array(AsyncArray(metadata=meta, store_path=StorePath(self.store, full)))
@@ -67,6 +73,20 @@ class LazyGroup:
             node = LazyGroup(self.store, full, self._nodes, doc.get("attributes", {}))
         self._cache[full] = node
         return node
+
+    def _own_metadata(self, full: str) -> dict:
+        """A node the consolidated metadata lacks (written after it, or left out): its own
+        ``zarr.json``, one more read."""
+        buf = sync(self.store.get(f"{full}/zarr.json", prototype=default_buffer_prototype()))
+        if buf is None:
+            raise KeyError(f"{full!r} is neither in the consolidated metadata nor in the store")
+        try:
+            doc = json.loads(buf.to_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{full}/zarr.json is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("node_type") not in ("array", "group"):
+            raise ValueError(f"{full}/zarr.json is not a zarr v3 node")
+        return doc
 
     def keys(self) -> list[str]:
         prefix = f"{self.path}/" if self.path else ""
@@ -141,7 +161,8 @@ def _blosc_or_plain(arr) -> bool:
 
 def read_chunk(arr: Array, index: tuple[int, ...]) -> np.ndarray | None:
     """Chunk ``index`` of ``arr``, clipped to the array's shape, or None when the store has no
-    such chunk (zarr itself would return the fill value, indistinguishable from data).
+    such chunk (zarr itself would return the fill value, indistinguishable from data); a chunk
+    read whole that does not decode raises ``CorruptChunk`` naming its key.
 
     zarr-python reads one chunk through its event loop and codec pipeline: ~1.6 ms of Python a
     chunk, holding the interpreter lock that the viewer's GUI thread then queues for. The arrays
@@ -177,13 +198,13 @@ def read_chunk(arr: Array, index: tuple[int, ...]) -> np.ndarray | None:
     if len(arr.metadata.codecs) == 2:
         problem = blosc_frame_ok(frame, expected)
         if problem:
-            raise ValueError(f"chunk {full_key}: {problem}")
+            raise CorruptChunk(f"chunk {full_key}: {problem}")
         try:
             raw = numcodecs.blosc.decompress(frame)
         except Exception as exc:  # a damaged frame behind a whole header
-            raise ValueError(f"chunk {full_key}: cannot be decoded ({exc})") from exc
+            raise CorruptChunk(f"chunk {full_key}: cannot be decoded ({exc})") from exc
     elif len(frame) != expected:
-        raise ValueError(f"chunk {full_key}: {len(frame)} bytes where {expected} are expected")
+        raise CorruptChunk(f"chunk {full_key}: {len(frame)} bytes where {expected} are expected")
     else:
         raw = frame
     data = np.frombuffer(raw, dtype=dtype).reshape(chunks)

@@ -47,7 +47,7 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, WrapperStore
 
-from core.lazyzarr import blosc_frame_ok
+from core.lazyzarr import CorruptChunk, blosc_frame_ok
 
 V2_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -57,8 +57,10 @@ class RemoteError(OSError):
     """A remote read that failed for good; the message names the URL and why."""
 
 
-class CorruptResponse(RemoteError):
-    """A response that is not what it claims to be (short chunk, broken JSON)."""
+class CorruptResponse(RemoteError, CorruptChunk):
+    """A response that is not what it claims to be (short chunk, broken JSON). Raised to the
+    caller when every attempt got one: then the stored data is wrong, not the link, and like a
+    local ``CorruptChunk`` it is not worth retrying."""
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -344,6 +346,7 @@ class RemoteStore(WrapperStore[FsspecStore]):
     ) -> Buffer | None:
         s = self.remote
         last: BaseException | None = None
+        corrupt_only = True  # every attempt got a body that is not what it claims to be
         for attempt in range(max(1, s.attempts)):
             if attempt:
                 self.stats.add(retries=1)
@@ -360,6 +363,7 @@ class RemoteStore(WrapperStore[FsspecStore]):
                 return buf
             except CorruptResponse as exc:
                 last = exc
+                continue
             except aiohttp.ClientResponseError as exc:
                 if exc.status not in RETRY_STATUS:
                     hint = ""
@@ -375,7 +379,10 @@ class RemoteStore(WrapperStore[FsspecStore]):
                 raise
             except OSError as exc:  # s3fs and others turn their errors into OSError
                 last = exc
-        if isinstance(last, CorruptResponse):
+            corrupt_only = False
+        # corrupt for good only if the link never failed otherwise: a flaky link whose last
+        # attempt happened to be cut short is the link's fault, worth a retry later
+        if corrupt_only and isinstance(last, CorruptResponse):
             raise CorruptResponse(f"{last} (after {s.attempts} attempts)") from last
         raise RemoteError(
             f"{self.key_url(key)}: {s.attempts} attempts failed; last: "

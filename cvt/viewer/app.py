@@ -53,7 +53,8 @@ def run_view(
 ) -> int:
     """Open ``url`` in a window (none: an empty window, File > Open). With ``screenshot``: render
     offscreen, write the PNG once every needed tile is drawn, and return 0 (2 if the exposure
-    cannot be read, 1 on a timeout). With ``follow``: ``url`` may be a repository (folder or
+    cannot be read, 1 on a timeout); what of it could not be read (a corrupt chunk, an
+    unreadable detector or table) is drawn, and said on stderr. With ``follow``: ``url`` may be a repository (folder or
     server URL); the window shows its newest exposure and each new one as it is published."""
     ensure_platform(offscreen=screenshot is not None)
     app = application()
@@ -120,6 +121,9 @@ def run_view(
             return
         state["written"] = True
         print(f"wrote {screenshot} ({image.width()}x{image.height()})")
+        for pane, win in (("", w), ("[B] ", other)):
+            for line in win.damage_lines() if win is not None else []:
+                print(f"cvt view: {pane}could not read {line}", file=sys.stderr)
         w.close()
         QTimer.singleShot(0, app.quit)
 

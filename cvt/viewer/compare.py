@@ -9,7 +9,10 @@ stretch pipeline: the very code that draws A, not a copy. The controller only wi
 - A's display settings, overlay switches and metric are applied to B as they change;
 - blink stacks the two panes in the same place (both laid out and loading, B under A) and
   raises one or the other, so a blink swaps finished pictures and costs no read;
-- side by side puts them in a splitter.
+- side by side puts them in a splitter;
+- what B cannot read (its pane has no status bar or docks of its own) is said in the window's
+  status bar after "[B]", and the summary dock shows the summary of the exposure shown (both,
+  side by side).
 
 Limits are computed from each exposure's own pixels unless they are manual: to compare pixel
 values one for one, drag the histogram's limits (manual limits are shared exactly).
@@ -26,6 +29,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QInputDialog,
     QLabel,
+    QSizePolicy,
     QSplitter,
     QStackedLayout,
     QVBoxLayout,
@@ -123,6 +127,12 @@ class CompareController(QObject):
         self.blink_timer.timeout.connect(self.toggle)
         self.state_label = QLabel("", window)
         window.statusBar().addPermanentWidget(self.state_label)
+        self.b_damage_label = QLabel("", window)  # what B is failing to read, or cannot
+        self.b_damage_label.setStyleSheet(f"QLabel {{ {_CAPTION_STYLE['B']} }}")
+        self.b_damage_label.hide()
+        # clipped, not widening the window (the whole text is its tool tip)
+        self.b_damage_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        window.statusBar().addPermanentWidget(self.b_damage_label, 1)
         self._build_menu()
         window.settings_changed.connect(self._push_settings)
         window.opened.connect(lambda _: self._update_labels())
@@ -218,6 +228,8 @@ class CompareController(QObject):
             self.other.open_failed.connect(self._on_failed)
             self.other.view.view_changed.connect(lambda: self._link(self.other, self.w))
             self.other.status_changed.connect(self._on_b_status)
+            self.other.damage_changed.connect(self._on_b_damage)
+            self.other.summary_changed.connect(self.update_summary)
             self.other.tables_loaded.connect(self._push_metric)
             self._install()
             self._push_settings(w.settings)
@@ -254,6 +266,28 @@ class CompareController(QObject):
         if text:
             self.w.hover_label.setText(f"[B] {text}")
 
+    def _on_b_damage(self, note: str) -> None:
+        self.b_damage_label.setText(f"[B] {note}" if note else "")
+        self.b_damage_label.setToolTip(note)
+        self.b_damage_label.setVisible(bool(note))
+
+    def update_summary(self) -> None:
+        """The summary dock: the shown exposure's summary (blink), or A's and B's (side by
+        side), each under its heading; A's alone when not comparing."""
+        w, other = self.w, self.other
+        if other is None:
+            w.summary_panel.set_summary(w.summary_rows())
+            return
+        panes = [("A", w, w.url), ("B", other, self.url)]
+        if self.mode == "blink":
+            panes = [p for p in panes if p[0] == self.shown]
+        sections = []
+        for tag, win, url in panes:
+            obsid = win.exposure.obsid if win.exposure is not None else "opening…"
+            rows = win.summary_rows() or [("exposure", "opening…")]
+            sections.append((f"[{tag}] {obsid}   {url or ''}", rows))
+        w.summary_panel.set_sections(sections)
+
     def stop(self) -> None:
         """Back to A alone."""
         self.blink_timer.stop()
@@ -263,6 +297,8 @@ class CompareController(QObject):
         w, other = self.w, self.other
         other.shutdown()
         self.other = None
+        self._on_b_damage("")
+        self.update_summary()
         area = w.takeCentralWidget()
         w.setCentralWidget(w.view)
         w.view.show()
@@ -294,6 +330,7 @@ class CompareController(QObject):
             self.area.raise_pane(self.shown)
         self._update_labels()
         self._update_actions()
+        self.update_summary()
         self.changed.emit()
 
     def show_pane(self, tag: str) -> None:
@@ -307,6 +344,7 @@ class CompareController(QObject):
         self.shown = tag
         self.area.raise_pane(tag)
         self._update_labels()
+        self.update_summary()
         self.changed.emit()
 
     def toggle(self) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 
-from core.lazyzarr import read_chunk
+from core.lazyzarr import CorruptChunk, read_chunk
 from cvt.display import apply_rects, colourise
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.stats import table_for, tile_samples
@@ -198,9 +198,24 @@ RETRY_ROUNDS = 8  # then the tile stays drawn as failed until the view asks for 
 
 
 def is_read_error(tile: Tile) -> bool:
-    """A tile that could not be read (the server failed, a response was corrupt): worth a
-    retry, unlike a chunk the store does not have."""
+    """A tile that could not be read (the server failed, or the chunk is corrupt), unlike a
+    chunk the store does not have."""
     return tile.data is None and bool(tile.absent) and tile.absent.startswith("read error")
+
+
+def will_retry(tile: Tile) -> bool:
+    """A read error worth trying again: the link's (a server fault, a timeout, a dropped
+    connection), not the data's. A chunk read whole that does not decode (``CorruptChunk``,
+    over HTTP a short body every attempt) is final for the exposure: retried, it kept its
+    overview level incomplete and the view from ever settling."""
+    return is_read_error(tile) and not tile.corrupt
+
+
+def read_error(key: TileKey, exc: BaseException, prefix: str = "") -> Tile:
+    """The tile of a read that raised ``exc``: absent, with the reason and whether it is final."""
+    return Tile(
+        key, None, absent=f"read error: {prefix}{exc}", corrupt=isinstance(exc, CorruptChunk)
+    )
 
 
 @dataclass
@@ -258,7 +273,8 @@ class TileLoader(QObject):
         self.reads = 0
         self.cancelled = 0
         self.dropped = 0
-        self.failed = 0
+        self.failed = 0  # reads that failed and will be tried again
+        self.corrupt = 0  # reads of corrupt chunks (final: not tried again)
         self.retried = 0
         self.failures: dict[TileKey, Failure] = {}  # read errors waiting for their retry
         self._retry_timer = QTimer(self, singleShot=True)
@@ -390,7 +406,7 @@ class TileLoader(QObject):
             try:
                 tile = read_tile(exposure, images, layout, req.key, self.tables, self.colour)
             except Exception as exc:
-                tile = Tile(req.key, None, absent=f"read error: {type(exc).__name__}: {exc}")
+                tile = read_error(req.key, exc, f"{type(exc).__name__}: ")
             except BaseException:
                 with self._lock:
                     self._readers -= 1
@@ -408,16 +424,17 @@ class TileLoader(QObject):
                 del self._in_flight[req.key]
         if epoch != self.epoch:
             return
-        if is_read_error(tile):
+        if will_retry(tile):
             self.failed += 1
             self._failed(req, tile)
         else:
             self.failures.pop(req.key, None)
+            self.corrupt += tile.corrupt
         if req.resident:
             self.resident_loaded.emit(tile)
             return
-        if not is_read_error(tile):  # a failure is never cached: asked again, it is read again
-            self.cache.put(tile)
+        if not will_retry(tile):  # a failure is not cached: asked again, it is read again
+            self.cache.put(tile)  # a corrupt chunk is (it would read the same)
         self.tile_read.emit(tile)
         if req.key in self.wanted:
             self.tile_loaded.emit(tile)
@@ -475,7 +492,7 @@ def read_tile(
             src = layout.sources[key.source]
         raw = read_chunk(arr, (key.ty, key.tx))  # tiles are the stored chunks
     except Exception as exc:  # the store is remote or broken: draw it as absent, go on
-        return Tile(key, None, absent=f"read error: {exc}")
+        return read_error(key, exc)
     if raw is None:
         if key.source != OVERVIEW:
             return Tile(key, None, absent="missing chunk")

@@ -75,4 +75,17 @@ class SummaryPanel(QPlainTextEdit):
         self.setPlainText("no exposure")
 
     def set_summary(self, rows: list[tuple[str, str]]) -> None:
-        self.setPlainText("\n".join(f"{label:<14}{text}" for label, text in rows))
+        self._set_text("\n".join(f"{label:<14}{text}" for label, text in rows))
+
+    def set_sections(self, sections: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        """Several exposures' summaries (compare mode), each under its heading."""
+        self._set_text(
+            "\n\n".join(
+                "\n".join([heading, *(f"{label:<14}{text}" for label, text in rows)])
+                for heading, rows in sections
+            )
+        )
+
+    def _set_text(self, text: str) -> None:
+        if text != self.toPlainText():  # a blink that changes nothing keeps the selection
+            self.setPlainText(text)

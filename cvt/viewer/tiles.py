@@ -449,6 +449,7 @@ class Tile:
     samples: dict | None = None  # per-amp sorted samples (cvt.viewer.stats)
     argb: np.ndarray | None = None  # the index image through colour map ``colour``
     colour: int = -1
+    corrupt: bool = False  # a read error that reading again would repeat: the stored bytes
 
     @property
     def nbytes(self) -> int:

@@ -59,7 +59,7 @@ from cvt.display import (
 from cvt.viewer import health as health_mod
 from cvt.viewer import qtfix  # noqa: F401  (before any signal is emitted)
 from cvt.viewer.follow import FollowControls
-from cvt.viewer.loader import TaskRunner, TileLoader, is_read_error
+from cvt.viewer.loader import TaskRunner, TileLoader, will_retry
 from cvt.viewer.overlays import LabelLayer, OutlineLayer, RectLayer, outline_geometry
 from cvt.viewer.overscan import OverscanDock
 from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPanel
@@ -226,6 +226,8 @@ class ViewerWindow(QMainWindow):
     tables_loaded = Signal()
     settings_changed = Signal(object)  # the new DisplaySettings
     status_changed = Signal(str)  # the hover readout
+    damage_changed = Signal(str)  # what is failing or unreadable, as the status bar says it
+    summary_changed = Signal()  # the exposure summary's rows changed
 
     def __init__(
         self,
@@ -294,6 +296,7 @@ class ViewerWindow(QMainWindow):
         self.health_rows: list[dict] = []
         self.health_counts: dict | None = None
         self.problems: dict[str, str] = {}  # what of the exposure cannot be read -> why
+        self.corrupt: dict[TileKey, str] = {}  # chunks read whole that do not decode -> why
         self._tables_pending = False  # the metrics and sources tables are being read
         self._pixel_busy = False
         self._pixel_next = None
@@ -304,6 +307,7 @@ class ViewerWindow(QMainWindow):
         self._header_next: str | None = None
         self._closing = False
         self.status_text = ""
+        self.damage_text = ""
         self._build_overlays()
         self._build_ui()
         self._restretch_timer = QTimer(self, singleShot=True, interval=0)
@@ -386,6 +390,31 @@ class ViewerWindow(QMainWindow):
         self.goto_edit.returnPressed.connect(lambda: self.goto(self.goto_edit.text()))
         tb.addWidget(self.goto_edit)
         tb.addSeparator()
+        tb.addWidget(QLabel(" metric ", self))
+        self.metric_box = QComboBox(self)
+        self.metric_box.addItem("(none)")
+        # as wide as a usual metric's name, not the longest: the toolbar must hold it
+        self.metric_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.metric_box.setMinimumContentsLength(14)
+        self.metric_box.currentTextChanged.connect(self._metric_chosen)
+        tb.addWidget(self.metric_box)
+        # the heat map's colour bar, in the view's corner: always in sight and in every
+        # picture taken
+        self.colour_bar = ColourBar(self.view)
+        self.view.set_corner_widget(self.colour_bar)
+        self.colour_bar.setVisible(False)
+        tb.addSeparator()
+        self.health_action = QAction("Health check", self)
+        self.health_action.triggered.connect(self.run_health)
+        tb.addAction(self.health_action)
+        # the display controls on a second row: on one, a window 900 px wide put the metric
+        # box and the health check into the toolbar's overflow menu
+        self.addToolBarBreak()
+        tb = QToolBar("display", self)
+        tb.setObjectName("display-toolbar")
+        self.addToolBar(tb)
         self.stretch_box = self._combo(tb, "stretch", STRETCHES, self.settings.stretch, "stretch")
         self.limits_box = self._combo(tb, "limits", LIMIT_MODES, self.settings.limits, "limits")
         self.scope_box = self._combo(tb, "per", SCOPES, self.settings.scope, "scope")
@@ -408,21 +437,6 @@ class ViewerWindow(QMainWindow):
         self.health_marks_check.setChecked(True)
         self.health_marks_check.toggled.connect(lambda on: self.health_layer.setVisible(on))
         tb.addWidget(self.health_marks_check)
-        tb.addSeparator()
-        tb.addWidget(QLabel(" metric ", self))
-        self.metric_box = QComboBox(self)
-        self.metric_box.addItem("(none)")
-        self.metric_box.currentTextChanged.connect(self._metric_chosen)
-        tb.addWidget(self.metric_box)
-        # the heat map's colour bar, in the view's corner: always in sight (a toolbar too
-        # narrow for its widgets drops the last ones into a menu) and in every picture taken
-        self.colour_bar = ColourBar(self.view)
-        self.view.set_corner_widget(self.colour_bar)
-        self.colour_bar.setVisible(False)
-        tb.addSeparator()
-        self.health_action = QAction("Health check", self)
-        self.health_action.triggered.connect(self.run_health)
-        tb.addAction(self.health_action)
 
         self.histogram = HistogramPanel(self)
         self.histogram.limits_dragged.connect(
@@ -635,6 +649,7 @@ class ViewerWindow(QMainWindow):
         self.setWindowTitle(f"CVT — {exposure.obsid}")
         self.metrics, self.sources, self._source_xy = {}, {}, None
         self.problems = dict(layout.problems)
+        self.corrupt = {}
         self._update_sources()
         self._static_overlays(outlines)
         self._update_summary()
@@ -723,9 +738,11 @@ class ViewerWindow(QMainWindow):
     # ------------------------------------------------------------------ stats and stretch
 
     def _on_resident(self, tile: Tile) -> None:
-        if is_read_error(tile):  # the loader tries it again; the level is not complete
+        if will_retry(tile):  # the loader tries it again; the level is not complete
             self._update_progress()
             return
+        if tile.corrupt:  # final: the level completes without it, drawn hatched
+            self._note_corrupt(tile)
         self.resident[tile.key] = tile
         ov = self.layout.overview
         level = tile.key.level
@@ -765,6 +782,8 @@ class ViewerWindow(QMainWindow):
 
     def _on_tile_read(self, tile: Tile) -> None:
         """Every detector tile read adds to its level's per-amp statistics until they freeze."""
+        if tile.corrupt and self.layout is not None:
+            self._note_corrupt(tile)
         if not tile.samples or self.layout is None:
             return
         key = ("det", tile.key.level)
@@ -1041,9 +1060,14 @@ class ViewerWindow(QMainWindow):
         keep: set[TileKey] = set()
         if not complete:
             keep = set(ov.tiles_in(ov.level_for(px), _grow(rect, 0.25)))
-            if not detail or any(k not in self.resident for k in keep):
-                keep |= set(ov.keys(ov.n_levels - 1))
+            if not detail or any(k not in self.resident or k in self.corrupt for k in keep):
+                keep |= set(ov.keys(ov.n_levels - 1))  # under what is not in, or corrupt
         self._ov_keep = keep
+        gone = [k for k in self._absent_tiles if k.source == OVERVIEW and k not in keep]
+        for key in gone:  # a corrupt overview tile is hatched only while it would be drawn
+            del self._absent_tiles[key]
+        if gone:
+            self._update_absent()
         for key in shown:
             if key.source == OVERVIEW and key not in keep:
                 self.view.hide_tile(key)
@@ -1076,7 +1100,7 @@ class ViewerWindow(QMainWindow):
             ):
                 self.view.hide_tile(key)
         for key in list(self._absent_tiles):
-            if key not in self._wanted_set:
+            if key.source != OVERVIEW and key not in self._wanted_set:
                 del self._absent_tiles[key]
         self._update_absent()
 
@@ -1156,7 +1180,11 @@ class ViewerWindow(QMainWindow):
             return False
         view = self.view.view_rect()
         keys = [k for k in self._wanted if k not in self._absent_tiles]
-        keys += [k for k in self._ov_keep if _intersects(_tile_rect(self.layout, k), view)]
+        keys += [
+            k
+            for k in self._ov_keep
+            if k not in self.corrupt and _intersects(_tile_rect(self.layout, k), view)
+        ]
         for key in keys:
             tile, generation, colour = self.view.shown_tile(key)
             table = table_for(key, self.tables)
@@ -1187,6 +1215,23 @@ class ViewerWindow(QMainWindow):
         self.progress_label.setToolTip(note)
         if note:
             self.progress_label.setText(f"{self.progress_label.text()}  —  {note}")
+        if note != self.damage_text:
+            self.damage_text = note
+            self.damage_changed.emit(note)
+
+    def _note_corrupt(self, tile: Tile) -> None:
+        """A chunk that cannot be decoded: named in the status bar and the summary, once."""
+        key = tile.key
+        if key in self.corrupt:
+            return
+        self.corrupt[key] = (tile.absent or "").removeprefix("read error: ")
+        reasons = [why for k, why in sorted(self.corrupt.items()) if k.source == key.source]
+        more = f"; {len(reasons) - 3} more" if len(reasons) > 3 else ""
+        self.problems[f"{key.source} chunks"] = (
+            f"{len(reasons)} corrupt, drawn hatched: {'; '.join(reasons[:3])}{more}"
+        )
+        self._update_summary()
+        self._update_progress()
 
     def _damage_note(self) -> str:
         """For the status bar: what of the exposure cannot be read, and the CCDs the ingest
@@ -1201,10 +1246,25 @@ class ViewerWindow(QMainWindow):
             parts.append(f"{len(failed)} CCD{'s' if len(failed) != 1 else ''} failed at ingest")
         return f"{'; '.join(parts)} (View → Exposure summary)" if parts else ""
 
+    def damage_lines(self) -> list[str]:
+        """What of the open exposure could not be read, one line each with why (a scripted run
+        ends with its picture all the same, and says these)."""
+        lines = [f"{what}: {why}" for what, why in self.problems.items()]
+        note = self.loader.failure_note()
+        return [*lines, f"tiles: {note}"] if note else lines
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """The exposure summary's (label, text) rows; none before an exposure is open."""
+        if self.exposure is None:
+            return []
+        return summary_lines(self.exposure.attrs, self.problems, self.health_counts)
+
     def _update_summary(self) -> None:
-        if self.exposure is not None:
-            rows = summary_lines(self.exposure.attrs, self.problems, self.health_counts)
-            self.summary_panel.set_summary(rows)
+        if self.compare is not None and self.compare.other is not None:
+            self.compare.update_summary()  # A's and B's, as the panes show them
+        elif self.exposure is not None:
+            self.summary_panel.set_summary(self.summary_rows())
+        self.summary_changed.emit()
 
     def _level_text(self) -> str:
         px = self.view.pixel_size()
@@ -1280,10 +1340,9 @@ class ViewerWindow(QMainWindow):
         fills += [ABSENT_FILL] * len(self.layout.absent)
         labels = []
         for key, tile in self._absent_tiles.items():
-            src = self.layout.sources[key.source]
-            boxes.append(src.tile_rect(*_kl(key)))
+            boxes.append(_tile_rect(self.layout, key))
             fills.append(ABSENT_FILL)
-            labels.append((_absent_label(tile.absent), boxes[-1]))
+            labels.append((_absent_label(tile), boxes[-1]))
         self.absent_layer.set_rects(boxes, fill=fills)
         self.chunk_labels.set_labels(labels, min_screen_px=90)
 
@@ -1670,9 +1729,12 @@ def source_positions(sources: dict):
     return None
 
 
-def _absent_label(reason: str | None) -> str:
+def _absent_label(tile: Tile) -> str:
     """The short label drawn on a tile that has no data."""
-    return "read error" if (reason or "").startswith("read error") else (reason or "no data")
+    if tile.corrupt:
+        return "corrupt chunk"
+    reason = tile.absent or ""
+    return "read error" if reason.startswith("read error") else (reason or "no data")
 
 
 def _inside(a, b) -> bool:

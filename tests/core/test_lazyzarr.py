@@ -43,6 +43,49 @@ def test_same_nodes_and_data_as_zarr(store_path):
         lazy["detectors/B"]
 
 
+class CountingStore(zarr.storage.LocalStore):
+    """A local store that counts the keys it is asked for."""
+
+    def __init__(self, root):
+        super().__init__(str(root), read_only=True)
+        self.asked: list[str] = []
+
+    async def get(self, key, prototype, byte_range=None):
+        self.asked.append(key)
+        return await super().get(key, prototype, byte_range)
+
+
+def test_a_node_missing_from_the_consolidated_metadata_is_read_from_its_own(store_path):
+    """Written after the consolidation, or left out of it: one more read (its ``zarr.json``),
+    not a KeyError; a node in neither place is still a KeyError naming it."""
+    import json
+
+    root = json.loads((store_path / "zarr.json").read_text())
+    nodes = root["consolidated_metadata"]["metadata"]
+    del nodes["detectors/A"], nodes["detectors/A/0"]
+    (store_path / "zarr.json").write_text(json.dumps(root))
+    store = CountingStore(store_path)
+    lazy = open_group(store)
+    assert isinstance(lazy, LazyGroup) and store.asked == ["zarr.json"]
+    det = lazy["detectors/A"]
+    assert det.attrs["cvt"] == {"name": "A"}
+    assert store.asked == ["zarr.json", "detectors/A/zarr.json"]
+    level0 = det["0"]
+    assert store.asked[-1] == "detectors/A/0/zarr.json" and len(store.asked) == 3
+    eager = zarr.open_group(str(store_path), mode="r", use_consolidated=False)
+    np.testing.assert_array_equal(level0[:], eager["detectors/A/0"][:])
+    np.testing.assert_array_equal(det["1"][:], eager["detectors/A/1"][:])  # consolidated still
+    assert det["0"] is level0  # made once
+    assert [k for k in store.asked if k.endswith("zarr.json")] == [
+        "zarr.json", "detectors/A/zarr.json", "detectors/A/0/zarr.json"
+    ]  # fmt: skip
+    with pytest.raises(KeyError, match=r"detectors/B.*neither in the consolidated"):
+        lazy["detectors/B"]
+    (store_path / "detectors/A/0/zarr.json").write_text('{"zarr_format": 3, "node_ty')
+    with pytest.raises(ValueError, match=r"detectors/A/0/zarr\.json is not valid JSON"):
+        open_group(store)["detectors/A/0"]
+
+
 def test_without_consolidated_metadata_falls_back_to_zarr(tmp_path):
     w = Writer(str(tmp_path / "y.zarr"))
     w.group("", {"a": 1})
@@ -104,14 +147,19 @@ def test_every_chunk_reads_as_zarr_reads_it(store_path):
 
 
 def test_a_missing_chunk_is_none_and_a_damaged_one_an_error_naming_it(store_path):
-    from core.lazyzarr import read_chunk
+    from core.lazyzarr import CorruptChunk, read_chunk
 
     (store_path / "detectors/A/0/c/1/1").unlink()
     chunk = store_path / "detectors/A/0/c/0/1"
-    chunk.write_bytes(chunk.read_bytes()[:-100])
+    frame = chunk.read_bytes()
+    chunk.write_bytes(frame[:-100])
     arr = open_group(zarr.storage.LocalStore(str(store_path), read_only=True))["detectors/A/0"]
     assert read_chunk(arr, (1, 1)) is None
-    with pytest.raises(Exception, match="0/c/0/1"):
+    with pytest.raises(CorruptChunk, match=r"0/c/0/1.*truncated"):
+        read_chunk(arr, (0, 1))
+    # a whole header, the rest zeroed: it does not decode
+    chunk.write_bytes(frame[:16] + bytes(len(frame) - 16))
+    with pytest.raises(CorruptChunk, match="0/c/0/1: cannot be decoded"):
         read_chunk(arr, (0, 1))
     assert read_chunk(arr, (0, 0)).shape == (512, 512)
 

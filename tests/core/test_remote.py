@@ -24,7 +24,7 @@ import pytest
 from core import remote
 from core.exposure import ExposureError, list_exposures, open_exposure, write_table
 from core.ingest import ingest
-from core.lazyzarr import read_chunk
+from core.lazyzarr import CorruptChunk, read_chunk
 from core.simulate import simulate_exposure
 from core.zarrio import Writer
 from cvt.server import STATS, BackgroundServer, Faults, make_app
@@ -335,11 +335,31 @@ def test_a_truncated_chunk_is_an_error_naming_its_url_never_data(repo, kind):
         store = exp.root.store
     chunk_url = f"{url}{OBSID}.zarr/detectors/R00_SW0/0/c/0/0"
     assert chunk_url in str(info.value)
+    # a body that is whole but wrong every time is the data's fault, like a local corrupt
+    # chunk (readers do not retry it); a connection cut mid-body is the link's
     if kind == "short":
         assert isinstance(info.value, remote.CorruptResponse)
+        assert isinstance(info.value, CorruptChunk)
         assert "truncated" in str(info.value)
+    else:
+        assert not isinstance(info.value, CorruptChunk)
     assert store.stats.retries == remote.settings().attempts - 1
     assert not remote.chunk_cache().path(store._namespace, "detectors/R00_SW0/0/c/0/0").exists()
+
+
+def test_a_chunk_cut_short_between_other_failures_is_the_links_fault(repo):
+    """Only a body that was wrong on every attempt is corrupt for good (not worth a retry
+    later); here six 500s, then two short bodies (the faults' seed 5 draws them in that
+    order): a flaky link, a ``RemoteError`` that is not a ``CorruptChunk``."""
+    faults = Faults(rates={"short": 0.5, "500": 0.5}, seed=5, match=lambda p: "/c/" in p)
+    app = make_app(repo, faults=faults)
+    with BackgroundServer(app) as url:
+        exp = open_exposure(url + f"{OBSID}.zarr")
+        with pytest.raises(remote.RemoteError) as info:
+            read_chunk(exp.detector(DET).level(0), (0, 0))
+    assert exp.root.store.stats.requests == 1 + remote.settings().attempts
+    assert "corrupt chunk" in str(info.value) and "truncated" in str(info.value)
+    assert not isinstance(info.value, CorruptChunk)
 
 
 def test_blosc_frame_check():

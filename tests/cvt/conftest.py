@@ -136,11 +136,15 @@ def sim_failed(tmp_path_factory):
     return reports[0].path
 
 
-def damaged_copy(path, dest: Path, *, detector=None, overview=False, metrics=False) -> Path:
+def damaged_copy(
+    path, dest: Path, *, detector=None, overview=False, metrics=False, truncated=(), undecodable=()
+) -> Path:
     """A copy of an exposure store with parts made unreadable: a ``detector``'s metadata (its
     ``zarr.json`` garbled, and its copy in the root's consolidated metadata, which is what
     readers parse, stripped of its attributes), the ``overview``'s metadata the same way, a
-    chunk of the ``metrics`` table overwritten with garbage."""
+    chunk of the ``metrics`` table overwritten with garbage, chunks (paths in the store)
+    ``truncated`` to half their length, and ``undecodable`` ones (a whole blosc header, the
+    rest zeroed)."""
     store = dest / Path(path).name
     shutil.copytree(path, store)
     nodes = ([f"detectors/{detector}"] if detector else []) + (["overview"] if overview else [])
@@ -151,4 +155,10 @@ def damaged_copy(path, dest: Path, *, detector=None, overview=False, metrics=Fal
     (store / "zarr.json").write_text(json.dumps(root))
     if metrics:
         (store / "metrics" / "read_noise_e" / "c" / "0").write_bytes(b"not a blosc frame" * 8)
+    for chunk in truncated:
+        data = (store / chunk).read_bytes()
+        (store / chunk).write_bytes(data[: len(data) // 2])
+    for chunk in undecodable:
+        data = (store / chunk).read_bytes()
+        (store / chunk).write_bytes(data[:16] + bytes(len(data) - 16))
     return store

@@ -176,14 +176,20 @@ def test_view_command_compare_screenshot_and_bad_target(
 ):
     from PySide6.QtGui import QImage
 
+    from tests.cvt.conftest import damaged_copy
     from tests.cvt.test_viewer import _cvt
 
     out = tmp_path / "ab.png"
     a_path, _ = sim_exposure
-    b_path, _ = sim_exposure_b
+    b_path = damaged_copy(sim_exposure_b[0], tmp_path, metrics=True)  # B's table unreadable
     res = _cvt("view", str(a_path), "--compare", str(b_path), "--screenshot", str(out),
                "--size", "640x300", "--goto", "R22_S11", "--timeout", "60")  # fmt: skip
     assert res.returncode == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if line.startswith("cvt view: ")]
+    assert said == [
+        "cvt view: [B] could not read metrics table: metrics/read_noise_e cannot be read "
+        "(RuntimeError: error during blosc decompression: -1)"
+    ]
     img = QImage(str(out))
     assert img.width() >= 640 and img.height() >= 300  # both panes, side by side
     bad = tmp_path / "missing.zarr"
@@ -192,3 +198,45 @@ def test_view_command_compare_screenshot_and_bad_target(
     assert res.returncode == 2 and f"cannot compare with {bad}" in res.stderr, res.stderr
     res = _cvt("view", str(a_path), "--blink", "0.5")
     assert res.returncode == 2 and "--blink S needs --compare" in res.stderr
+
+
+def test_what_b_cannot_read_is_said(viewer, qtbot, sim_exposure, sim_exposure_b, tmp_path):
+    """B's pane has no status bar or summary dock of its own: what it cannot read is said in
+    the window's status bar after [B], and the summary dock shows the shown exposure's."""
+    import re
+
+    from tests.cvt.conftest import damaged_copy
+    from tests.cvt.test_viewer_exposure import corrupt_chunks
+
+    a_path, _ = sim_exposure
+    _, ov_chunk, _, _ = corrupt_chunks(sim_exposure_b[0])
+    broken = damaged_copy(
+        sim_exposure_b[0], tmp_path, detector="R22_S12", metrics=True, truncated=[ov_chunk]
+    )
+    w = viewer()
+    w.summary_action.trigger()
+    open_compare(qtbot, w, a_path, broken)
+    b, label = w.compare.other, w.compare.b_damage_label
+    qtbot.waitUntil(lambda: "overview chunks" in label.text(), timeout=10000)
+    assert label.isVisible() and label.text().startswith("[B] unreadable: ")
+    named = re.search(r"unreadable: (.*) \(View → Exposure summary\)", label.text()).group(1)
+    assert sorted(named.split(", ")) == ["R22_S12", "metrics table", "overview chunks"]
+    assert "unreadable" not in w.progress_label.text()  # A reads whole
+    # the summary of the exposure shown: A's, then B's when blinked to, both side by side
+    text = w.summary_panel.toPlainText()
+    assert text.startswith("[A] MC_O_") and "[B]" not in text and "unreadable" not in text
+    w.compare.toggle()
+    text = w.summary_panel.toPlainText()
+    assert text.startswith(f"[B] {b.exposure.obsid}   {broken}") and "[A]" not in text
+    unreadable = [line[14:] for line in text.splitlines() if line.startswith("unreadable")]
+    assert unreadable[0] == "R22_S12: metadata unreadable (KeyError: 'cvt')"
+    assert sorted(u.split(":")[0] for u in unreadable[1:]) == ["metrics table", "overview chunks"]
+    w.compare.set_mode("side")
+    text = w.summary_panel.toPlainText()
+    assert text.index("[A] ") < text.index("\n\n[B] ")
+    assert sum(line.startswith("unreadable") for line in text.splitlines()) == 3
+    # back to A alone: its own summary, nothing said of B
+    w.compare.stop()
+    assert not label.isVisible() and label.text() == ""
+    assert w.summary_panel.toPlainText().startswith("exposure      MC_O_")
+    wait_settled(qtbot, w)

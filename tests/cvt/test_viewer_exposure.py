@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cvt.viewer.tiles import TileKey
 from tests.cvt.conftest import damaged_copy, open_and_settle, wait_settled
 from tests.cvt.test_follow import publish_copy
 from tests.cvt.test_viewer import grab, mouse_to, rgb_at
@@ -200,3 +201,100 @@ def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, t
     finally:
         stop_server(qtbot, served)
         remote.restore(old)
+
+
+def corrupt_chunks(path) -> tuple[TileKey, str, TileKey, str]:
+    """(key, path in the store) of the level-1 overview chunk under R22_S11's centre and of
+    R22_S11's level-2 chunk (0, 0)."""
+    from core.exposure import open_exposure
+    from cvt.viewer.tiles import build_layout
+
+    layout, _ = build_layout(open_exposure(path))
+    x0, y0, x1, y1 = layout.by_name["R22_S11"].bounds
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    (ov,) = layout.overview.tiles_in(1, (cx, cy, cx + 1, cy + 1))
+    det = TileKey("R22_S11", 2, 0, 0)
+    return ov, f"overview/1/c/{ov.ty}/{ov.tx}", det, "detectors/R22_S11/2/c/0/0"
+
+
+def test_corrupt_chunks_are_final_read_errors(viewer, qtbot, sim_exposure, tmp_path):
+    """A chunk read whole that does not decode reads the same every time: drawn hatched and
+    labelled, said in the status bar and the summary, never retried, and the view settles
+    (a corrupt overview chunk kept its level incomplete for ever)."""
+    from cvt.viewer.loader import RETRY_FIRST_S
+
+    path, _ = sim_exposure
+    ov_key, ov_chunk, det_key, det_chunk = corrupt_chunks(path)
+    broken = damaged_copy(path, tmp_path, truncated=[ov_chunk], undecodable=[det_chunk])
+    w = viewer()
+    open_and_settle(qtbot, w, broken)
+    ov = w.layout.overview
+    assert w.levels_done == set(range(ov.n_levels))  # the corrupt tile's level is complete
+    assert list(w.corrupt) == [ov_key] and w.loader.corrupt == 1
+    assert not w.loader.failures and w.loader.retried == 0
+    (row,) = summary(w)["unreadable"]
+    assert row.startswith(f"overview chunks: 1 corrupt, drawn hatched: chunk {ov_chunk}: ")
+    assert row.endswith("(truncated)")
+    assert "unreadable: overview chunks (View → Exposure summary)" in w.progress_label.text()
+    # where level 1 of the overview is drawn: hatched and labelled, the coarsest level under it
+    x0, y0, x1, y1 = w.layout.by_name["R22_S11"].bounds
+    w.view.set_center_scale((x0 + x1) / 2, (y0 + y1) / 2, 2.5 * ov.base)
+    wait_settled(qtbot, w)
+    assert ov.level_for(w.view.pixel_size()) == 1 and ov_key in w._ov_keep
+    assert w._absent_tiles[ov_key].corrupt and ov_key not in w.view.shown()
+    assert TileKey("overview", ov.n_levels - 1, 0, 0) in w.view.shown()
+    assert "corrupt chunk" in w.chunk_labels._texts
+    # zoomed in to R22_S11: its level-2 chunk (0, 0) is corrupt too
+    w.view.set_rect((x0, y0, x1, y1))
+    wait_settled(qtbot, w)
+    assert det_key in w._wanted and w._absent_tiles[det_key].corrupt
+    assert det_key not in w.view.shown()
+    assert any(k != det_key for k in w.view.shown() if k.source == "R22_S11")
+    assert w.chunk_labels._texts == ["corrupt chunk"]  # the overview is not drawn here
+    tx0, ty0, tx1, ty1 = w.layout.sources["R22_S11"].tile_rect(2, 0, 0)
+    img = grab(w)
+    pink = rgb_at(w, img, tx0 + 0.3 * (tx1 - tx0), ty0 + 0.3 * (ty1 - ty0), r=4)
+    assert pink[0] > pink[2]  # hatched red over the background
+    rows = summary(w)["unreadable"]
+    assert rows[1] == (
+        f"R22_S11 chunks: 1 corrupt, drawn hatched: chunk {det_chunk}: cannot be decoded "
+        "(error during blosc decompression: -1)"
+    )
+    assert "unreadable: overview chunks, R22_S11 chunks" in w.progress_label.text()
+    assert w.damage_lines() == rows
+    # never read again: not after the first retry's wait, nor when the view comes back to it
+    reads = w.loader.reads
+    qtbot.wait(int(2500 * RETRY_FIRST_S))
+    w.view.set_rect((x0 - 9000, y0, x1 - 9000, y1))
+    wait_settled(qtbot, w)
+    w.view.set_rect((x0, y0, x1, y1))
+    wait_settled(qtbot, w)
+    assert det_key in w._absent_tiles and w.loader.retried == 0 and w.loader.corrupt == 2
+    assert w.loader.reads - reads < len(w._wanted)  # the rest came from the cache
+
+
+def test_screenshot_of_an_exposure_with_corrupt_chunks_says_what_it_could_not_read(
+    sim_exposure, tmp_path, qapp
+):
+    """The picture is taken (it waited out its timeout for the overview level), and what could
+    not be read is said: the corrupt overview chunk and the level-2 chunk in view."""
+    from PySide6.QtGui import QImage
+
+    from tests.cvt.test_viewer import _cvt
+
+    path, _ = sim_exposure
+    _, ov_chunk, _, det_chunk = corrupt_chunks(path)
+    ov_bytes = (Path(path) / ov_chunk).read_bytes()
+    broken = damaged_copy(path, tmp_path, truncated=[ov_chunk], undecodable=[det_chunk])
+    out = tmp_path / "shot.png"
+    res = _cvt("view", str(broken), "--screenshot", str(out), "--size", "640x480",
+               "--goto", "R22_S11_C10", "--timeout", "60")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (QImage(str(out)).width(), QImage(str(out)).height()) == (640, 480)
+    said = [line for line in res.stderr.splitlines() if line.startswith("cvt view: ")]
+    assert sorted(said) == [
+        f"cvt view: could not read R22_S11 chunks: 1 corrupt, drawn hatched: chunk {det_chunk}: "
+        "cannot be decoded (error during blosc decompression: -1)",
+        f"cvt view: could not read overview chunks: 1 corrupt, drawn hatched: chunk {ov_chunk}: "
+        f"{len(ov_bytes) // 2} bytes where the blosc header says {len(ov_bytes)} (truncated)",
+    ]

@@ -426,3 +426,37 @@ def test_cvt_demo_makes_a_small_exposure_once_and_shows_it(tmp_path):
     stores = list((folder / "repo").glob("*.zarr"))
     assert len(stores) == 1 and "1 detectors" in second
     print(f"\ncvt demo, one CCD: first start {times[0]:.1f} s, second {times[1]:.1f} s")
+
+
+def test_every_toolbar_control_is_in_sight_at_900_px(viewer, qtbot, sim_exposure):
+    """At 900 x 700 (the tests' window) one toolbar row put the metric box and the health
+    check into its overflow menu; two rows hold every control, none in an overflow menu."""
+    from PySide6.QtCore import QPoint, QRect
+    from PySide6.QtWidgets import QToolBar, QToolButton
+
+    w = viewer(size=(900, 700))
+    open_and_settle(qtbot, w, sim_exposure[0])  # the metric box filled with the metrics
+    assert w.metric_box.count() > 1 and w.width() == 900
+    window = QRect(0, 0, w.width(), w.height())
+
+    def in_sight(widget) -> bool:
+        top_left = widget.mapTo(w, QPoint(0, 0))
+        return widget.isVisible() and window.contains(QRect(top_left, widget.size()))
+
+    health = next(tb.widgetForAction(w.health_action) for tb in w.findChildren(QToolBar)
+                  if tb.widgetForAction(w.health_action) is not None)  # fmt: skip
+    assert in_sight(health) and in_sight(w.metric_box)
+    toolbars = w.findChildren(QToolBar)
+    assert len(toolbars) == 2
+    for tb in toolbars:
+        for action in tb.actions():
+            widget = tb.widgetForAction(action)
+            assert widget is not None and in_sight(widget), action.text() or widget
+        overflow = tb.findChild(QToolButton, "qt_toolbar_ext_button")
+        assert overflow is None or not overflow.isVisible()
+    for box in (w.stretch_box, w.limits_box, w.scope_box, w.cmap_box, w.goto_edit):
+        assert in_sight(box)
+    for check in (w.outlines_check, w.labels_check, w.sources_check, w.health_marks_check):
+        assert in_sight(check)
+    health.click()  # and it works from there
+    qtbot.waitUntil(lambda: w.health_dock.isVisible(), timeout=20000)
