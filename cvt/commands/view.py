@@ -1,7 +1,8 @@
 """``cvt view [PATH_OR_URL]``: the focal-plane viewer (no path: an empty window, File > Open).
 
 With ``--screenshot FILE.png`` it renders offscreen, writes the picture once every tile the view
-needs is drawn, and exits 0; an exposure that cannot be read exits 2 with the reason.
+needs is drawn, and exits 0 (parts it could not read, such as corrupt chunks, are named on
+stderr); an exposure that cannot be read exits 2 with the reason.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ histogram, health, FITS header, Show overscan), Compare (Compare with exposure /
 Auto-blink, interval, Side by side, Stop comparing). The toolbar switches outlines, labels,
 sources and health marks and picks the heat map's metric. The status bar reads out the
 focal-plane position, raft/CCD/amp, CCD and amp pixel, corrected and raw ADU (or why there is
-no data), and RA/Dec where the headers allow; it names what of the exposure is unreadable.
+no data), and RA/Dec where the headers allow; it names what of the exposure is unreadable
+(a corrupt chunk is drawn hatched and not read again; a server fault is retried).
 """
 
 
