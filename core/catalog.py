@@ -295,29 +295,43 @@ def record_exposure(repo: str | os.PathLike, exposure) -> None:
 
 
 def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
-    """Record those of ``obsids`` (exposures published in the local ``repo``) that the catalog
-    lacks, each read from its store (a complete one; a store gone or still filling is left
-    out). Returns the obsids recorded. For a writer that died between publishing an exposure and
-    recording it (``core.watch`` calls this when it starts)."""
+    """Record those of ``obsids`` (exposures published in ``repo``, a folder or a URL) that the
+    catalog lacks, each read from its store (a complete one; a store gone or still filling is
+    left out), in one transaction. Returns the obsids recorded. For a writer that died between
+    publishing an exposure and recording it (``core.watch`` calls this when it starts)."""
     from core.exposure import ExposureError, open_exposure
 
-    root = _local(repo)
     obsids = set(obsids)
     if not obsids:
         return []  # no catalog made for nothing
-    with contextlib.closing(connect(root)) as db:
-        have = {r[0] for r in db.execute("SELECT obsid FROM exposures")}
-    added = []
-    for obsid in sorted(obsids - have):
+    root = os.fspath(repo).rstrip("/") if _is_url(repo) else _local(repo)
+    found = []
+    for obsid in sorted(obsids - _recorded(root)):
         try:
-            exp = open_exposure(root / f"{obsid}.zarr")
+            exp = open_exposure(f"{root}/{obsid}.zarr")
         except (ExposureError, OSError) as exc:
             log.warning("catalog: %s not recorded: %s", obsid, exc)
             continue
         if exp.complete:
-            record_exposure(root, exp)
-            added.append(obsid)
-    return added
+            found.append(exposure_rows(exp))
+    if found:
+        with _transaction(root) as db:
+            for row, amps in found:
+                _write(db, row, amps)
+    return [row["obsid"] for row, _ in found]
+
+
+def _recorded(repo: str | Path) -> set[str]:
+    """The obsids the catalog of ``repo`` has (a folder's catalog is made if absent; an object
+    store's is read, none there is none recorded)."""
+    if isinstance(repo, Path):
+        with contextlib.closing(connect(repo)) as db:
+            return {r[0] for r in db.execute("SELECT obsid FROM exposures")}
+    try:
+        with open_catalog(repo) as cat:
+            return {r[0] for r in cat.db.execute("SELECT obsid FROM exposures")}
+    except CatalogError:
+        return set()
 
 
 def rebuild(repo: str | os.PathLike, progress=None) -> int:

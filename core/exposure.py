@@ -408,6 +408,40 @@ def is_local(repo: str | os.PathLike) -> bool:
     return "://" not in text or text.startswith("file://")
 
 
+def check_writable(url: str) -> None:
+    """Refuse, saying why, a repository URL that exposures cannot be written into: HTTP (a
+    server such as ``cvt serve`` serves a repository for reading; there is no listing,
+    replacing or removing of files to rely on), a protocol fsspec does not know or lacks the
+    package for, or a store that refuses a small object (no such bucket, no credentials, no
+    permission). The object is removed again."""
+    protocol = url.split("://", 1)[0].lower()
+    if protocol in ("http", "https"):
+        raise ExposureError(
+            f"{url}: cannot write exposures over {protocol}: an HTTP server (such as cvt serve) "
+            "serves a repository for reading only. Write into the folder it serves, or into an "
+            "object store (s3://bucket/repo, gs://..., az://...)"
+        )
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:  # an unknown protocol, or its package missing
+        raise ExposureError(f"{url}: cannot write there: {exc}") from exc
+    probe = f"{root.rstrip('/')}/.cvt-write-check-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.pipe_file(probe, b"")
+    except Exception as exc:  # fsspec's and the store's own: no bucket, denied, read-only
+        hint = (
+            "; the store's credentials come from its usual environment (for S3: "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL ...)"
+            if isinstance(exc, PermissionError)
+            else ""
+        )
+        raise ExposureError(
+            f"{url}: cannot write there ({type(exc).__name__}: {exc}){hint}"
+        ) from exc
+    with contextlib.suppress(Exception):
+        fs.rm_file(probe)
+
+
 class ObjectStoreExposureBuilder:
     """``ExposureBuilder`` for a repository in an object store (any writable fsspec URL: S3,
     GCS, Azure...), which has no rename. The exposure is written at its final name from the
@@ -470,34 +504,52 @@ class _ReplacingWriter(Writer):
 
 
 class PartialExposure:
-    """An exposure that fills in CCD by CCD, in place (``cvt watch``). What a reader sees:
+    """An exposure that fills in CCD by CCD, in place (``cvt watch``), in a folder or an object
+    store (any writable fsspec URL). What a reader sees:
 
     - the store at its final name ``<OBSID>.zarr`` from the first CCD on, whose root
       ``zarr.json`` always exists and says ``complete: false`` until the end;
     - ``detectors`` (attributes) and the consolidated metadata list only CCDs whose arrays are
       all written: a task writes its CCD's arrays first, ``refresh`` lists them after;
     - ``refresh`` rewrites the overview chunks the new CCDs touched, then the root, each file
-      atomically, so a chunk or the root is always a whole old or a whole new one;
+      atomically (in a folder a temporary file renamed over the old one; in an object store
+      a PUT replaces an object whole), so a chunk or the root is always a whole old or a whole
+      new one;
     - the tables (``metrics``, ``sources``) appear with ``publish``, which writes them and the
       whole overview, then the root with ``complete: true``. After that nothing changes.
     """
 
     def __init__(self, repo: str | os.PathLike, obsid: str):
-        self.repo = Path(repo)
         self.obsid = obsid
-        self.path = self.repo / f"{obsid}.zarr"
-        self.writer = _ReplacingWriter(str(self.path))
+        self.local = is_local(repo)
         self._coarse: list[tuple[np.ndarray, np.ndarray]] | None = None  # overview sums, counts
+        if self.local:
+            self.repo: Path | str = Path(os.fspath(repo).removeprefix("file://"))
+            self.path: Path | str = self.repo / f"{obsid}.zarr"
+            self.writer = _ReplacingWriter(str(self.path))
+        else:
+            self.repo = os.fspath(repo).rstrip("/")
+            self.path = f"{self.repo}/{obsid}.zarr"
+            fs, root = fsspec.core.url_to_fs(self.path)
+            self.writer = _ReplacingWriter(root, fs)
 
     @classmethod
     def create(cls, repo: str | os.PathLike, obsid: str, attributes: dict) -> PartialExposure:
-        """The empty exposure, made in a hidden folder and renamed into place (so its root is
-        never missing); refused when the exposure is already in the repository."""
+        """The empty exposure, its root never missing: in a folder, made in a hidden folder and
+        renamed into place; in an object store, its root is one PUT. Refused when the exposure
+        is already in the repository (in an object store, which has no create-if-absent, as
+        the batch ingest: one writer to a repository)."""
         part = cls(repo, obsid)
-        if part.path.exists():
+        if not part.local:
+            if part.writer.fs.exists(part.writer._path(ZARR_JSON)):
+                raise ExposureError(f"{part.path}: exposure {obsid} is already in the repository")
+            part.writer.group("detectors")
+            part.writer.consolidate({"cvt": attributes}, part.writer.nodes)
+            return part
+        if part.path.exists():  # type: ignore[union-attr]
             raise ExposureError(f"{part.path}: exposure {obsid} is already in the repository")
-        part.repo.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(part.repo, obsid)
+        part.repo.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        tmp = partial_path(part.repo, obsid)  # type: ignore[arg-type]
         w = Writer(str(tmp))
         w.group("detectors")
         w.consolidate({"cvt": attributes}, w.nodes)
@@ -519,8 +571,15 @@ class PartialExposure:
         return part
 
     def root_document(self) -> dict:
-        """The root ``zarr.json`` as it is now (attributes and consolidated metadata)."""
-        return json.loads((self.path / "zarr.json").read_text())
+        """The root ``zarr.json`` as it is now (attributes and consolidated metadata);
+        ``FileNotFoundError`` when the exposure is not in the repository."""
+        return json.loads(self.writer.fs.cat_file(self.writer._path(ZARR_JSON)))
+
+    def open_group(self, name: str) -> zarr.Group:
+        """A group of the exposure as it is now, read with zarr-python (folder or URL)."""
+        import zarr
+
+        return zarr.open_group(f"{self.path}/{name}", mode="r")
 
     def update_overview(self, grid: OverviewGrid, boxes) -> None:
         """Rewrite the chunks of every overview level under any of ``boxes`` (row0, row1, col0,
@@ -583,7 +642,7 @@ class PartialExposure:
         written so far (``nodes``: the detectors' and this writer's)."""
         self.writer.consolidate({"cvt": attributes}, {**nodes, **self.writer.nodes})
 
-    def publish(self, attributes: dict, nodes: dict[str, dict]) -> Path:
+    def publish(self, attributes: dict, nodes: dict[str, dict]) -> Path | str:
         """The last root (``attributes`` say ``complete: true``); the tables and the overview
         must be written with ``self.writer`` before."""
         self.refresh(attributes, nodes)

@@ -15,22 +15,29 @@
   has landed for ``timeout`` seconds (``detectors_missing`` says which). A complete exposure is
   never touched again: a late file is recorded, not ingested;
 - never stops on a bad file: it goes to the exposure's ``failures``, or, when the file cannot
-  even say which exposure it belongs to, to the repository's ``watch-failures.jsonl``.
+  even say which exposure it belongs to, to ``watch-failures.jsonl`` (in the repository folder;
+  for an object store, in the state folder).
 
-State is the repository itself (which exposures are complete, which detectors a partial one
-lists) plus ``REPO/.watch/state.sqlite``: every file handled (path, size, mtime, exposure,
-detector, outcome) and, while its exposure fills, the CCD task's small result (metrics rows,
-sources, node metadata), so a restarted watcher finishes a partial exposure exactly as if it had
-never stopped. The overview bins of the CCDs already in are recomputed from their stored level 1
-(the same numbers). A CCD whose task was in flight when the watcher died is simply done again.
-A resumed exposure's timeout counts from the restart (CCDs that landed while no watcher ran are
-its own, however long that was), and every exposure the watcher completed is put in the catalog
-if it is not there (one published just before the watcher died is recorded from its store).
+The repository is a folder or any writable fsspec URL (``s3://bucket/repo``): the exposures,
+their filling and the catalog are the same in both (``PartialExposure``; the CCD tasks write
+through fsspec, reaching an object store through its standard environment, e.g. the AWS
+variables). State is the repository itself (which exposures are complete, which detectors a
+partial one lists) plus ``state.sqlite`` in a local state folder (``REPO/.watch`` for a folder;
+for a URL, ``~/.cache/cvt/watch/<hash of the URL>``; or ``state``): every file handled (path,
+size, mtime, exposure, detector, outcome) and, while its exposure fills, the CCD task's small
+result (metrics rows, sources, node metadata), so a restarted watcher finishes a partial exposure
+exactly as if it had never stopped. The overview bins of the CCDs already in are recomputed from
+their stored level 1 (the same numbers). A CCD whose task was in flight when the watcher died is
+simply done again. A resumed exposure's timeout counts from the restart (CCDs that landed while
+no watcher ran are its own, however long that was), and every exposure the watcher completed is
+put in the catalog if it is not there (one published just before the watcher died is recorded
+from its store).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -49,7 +56,13 @@ import numpy as np
 from core import isr
 from core import rawfile as rf
 from core.camera import Camera, load_camera
-from core.exposure import OverviewGrid, PartialExposure, load_overview_kernels
+from core.exposure import (
+    OverviewGrid,
+    PartialExposure,
+    check_writable,
+    is_local,
+    load_overview_kernels,
+)
 from core.ingest import (
     FITS_SUFFIXES,
     CcdCollector,
@@ -70,6 +83,21 @@ STATE_DIR = ".watch"
 REFRESH_EVERY = 1.0
 FAILURE_LOG = "watch-failures.jsonl"
 READY, WAITING, BAD = "ready", "waiting", "bad"
+
+
+class WatchError(Exception):
+    """The watcher cannot start as asked; the message says why."""
+
+
+def default_state_dir(repo: str | os.PathLike) -> Path:
+    """Where the watcher of ``repo`` keeps its state: ``REPO/.watch`` for a folder; for a URL
+    (an object store has no SQLite, nor appends) a folder of the user's cache named by a hash
+    of the URL, beside ``core.remote``'s chunk cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    if is_local(repo):
+        return Path(os.fspath(repo).removeprefix("file://")).resolve() / STATE_DIR
+    url = os.fspath(repo).rstrip("/")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cvt" / "watch" / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,10 +165,12 @@ def scan(rawdir: str | os.PathLike, known: set[str]):
 
 
 class WatchState:
-    """``REPO/.watch/state.sqlite``: the files handled and the exposures filling."""
+    """``state.sqlite`` of the state folder: the files handled and the exposures filling.
+    ``repo``: the repository it belongs to, recorded and checked (a state folder given for
+    another repository is refused: its files would be taken as handled); None for the one inside
+    a repository folder, which moves with it."""
 
-    def __init__(self, repo: Path):
-        folder = repo / STATE_DIR
+    def __init__(self, folder: Path, repo: str | None = None):
         folder.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(
             folder / "state.sqlite", isolation_level=None, timeout=30.0, check_same_thread=False
@@ -156,8 +186,18 @@ class WatchState:
             CREATE TABLE IF NOT EXISTS exposures (
                 obsid TEXT PRIMARY KEY, camera TEXT, status TEXT, expected INTEGER,
                 first_landed REAL, last_landed REAL, t_complete REAL, latency REAL);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
             """
         )
+        if repo is not None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES ('repo', ?)", (repo,))
+            (owner,) = self.db.execute("SELECT value FROM meta WHERE key = 'repo'").fetchone()
+            if owner != repo:
+                self.db.close()
+                raise WatchError(
+                    f"{folder} is the state of the watcher of {owner}, not of {repo} "
+                    "(one state folder per repository)"
+                )
 
     def known_files(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT path FROM files")}
@@ -270,7 +310,7 @@ class ExposureDone:
     completed by the timeout."""
 
     obsid: str
-    path: Path
+    path: Path | str  # a folder's, or the URL of an object store's
     detectors: list[str]
     missing: list[str]
     failures: list[dict]
@@ -322,7 +362,8 @@ class Watcher:
     ``poll``: seconds between looks at the folder; ``workers``: local processes (default one
     per core; 1 runs the tasks in this process); ``scheduler``: a Dask scheduler address
     (``tcp://host:8786``) instead; ``executor``: any ``concurrent.futures``-like executor.
-    ``on_event`` receives every ``WatchEvent``.
+    ``on_event`` receives every ``WatchEvent``. ``repo``: a folder or a writable fsspec URL;
+    ``state``: the local folder of the watcher's state (``default_state_dir``).
     """
 
     def __init__(
@@ -339,17 +380,28 @@ class Watcher:
         executor=None,
         config: isr.IsrConfig = isr.IsrConfig(),
         on_event: Callable[[WatchEvent], None] | None = None,
+        state: str | os.PathLike | None = None,
     ):
         self.rawdir = Path(rawdir).resolve()
-        self.repo = Path(repo).resolve()
+        self.local = is_local(repo)
+        folder = Path(os.fspath(repo).removeprefix("file://")).resolve() if self.local else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.repo: Path | str = folder
+        else:
+            self.repo = os.fspath(repo).rstrip("/")
+            check_writable(self.repo)
+        self.state_dir = Path(state).resolve() if state else default_state_dir(self.repo)
+        # the failure log beside the exposures in a folder; an object store cannot append
+        self.failure_log = (folder or self.state_dir) / FAILURE_LOG
         self.expect = expect
         self.timeout = float(timeout)
         self.settle = float(settle)
         self.poll = float(poll)
         self.config = config
         self.on_event = on_event
-        self.repo.mkdir(parents=True, exist_ok=True)
-        self.state = WatchState(self.repo)
+        inside = folder is not None and self.state_dir == folder / STATE_DIR  # moves with it
+        self.state = WatchState(self.state_dir, None if inside else str(self.repo))
         self.known: set[str] = self.state.known_files()
         self.candidates: dict[str, _Candidate] = {}
         self.filling: dict[str, _Filling] = {}
@@ -387,7 +439,7 @@ class Watcher:
 
     def _log_repo_failure(self, path: str, reason: str) -> None:
         line = json.dumps({"time": time.time(), "file": path, "reason": reason})
-        with open(self.repo / FAILURE_LOG, "a") as f:
+        with open(self.failure_log, "a") as f:
             f.write(line + "\n")
 
     # -- restart -----------------------------------------------------------------------------
@@ -398,12 +450,11 @@ class Watcher:
         folder is looked at before any of them can time out: a CCD that landed while no watcher
         ran is then a candidate, which holds its exposure open."""
         for obsid in self.state.filling():
-            path = self.repo / f"{obsid}.zarr"
-            if not (path / "zarr.json").exists():
+            attrs = self._stored(obsid)
+            if attrs is None:
                 self.state.forget_exposure(obsid)
                 self.known = self.state.known_files()
                 continue
-            attrs = json.loads((path / "zarr.json").read_text())["attributes"]["cvt"]
             if attrs.get("complete"):  # published, then the watcher died
                 latency = (attrs.get("watch") or {}).get("latency_s")
                 self.state.completed(
@@ -423,7 +474,7 @@ class Watcher:
 
         try:
             added = catalog.record_missing(self.repo, self.state.complete())
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, catalog.CatalogError) as exc:
             log.warning(
                 "%s: completed exposures not checked against the catalog: %s", self.repo, exc
             )
@@ -464,9 +515,7 @@ class Watcher:
         return e
 
     def _rebin(self, e: _Filling, res: CcdResult):
-        import zarr
-
-        group = zarr.open_group(str(e.part.path / "detectors" / res.detector), mode="r")
+        group = e.part.open_group(f"detectors/{res.detector}")
         origin = group.attrs["cvt"]["origin"]
         level = "1" if "1" in group else "0"
         data = group[level][:]
@@ -474,6 +523,15 @@ class Watcher:
         return e.collector.grid.bin_detector(levels, tuple(origin))
 
     # -- exposures ------------------------------------------------------------------------------
+
+    def _stored(self, obsid: str) -> dict | None:
+        """The exposure's attributes as its root says now; None when it is not in the
+        repository."""
+        try:
+            doc = PartialExposure(self.repo, obsid).root_document()
+        except FileNotFoundError:
+            return None
+        return doc["attributes"]["cvt"]
 
     def _new_filling(
         self, obsid: str, camera: Camera, part: PartialExposure, summary: dict
@@ -508,9 +566,8 @@ class Watcher:
         e = self.filling.get(info.obsid)
         if e is not None:
             return e
-        path = self.repo / f"{info.obsid}.zarr"
-        if (path / "zarr.json").exists():
-            attrs = json.loads((path / "zarr.json").read_text())["attributes"]["cvt"]
+        attrs = self._stored(info.obsid)
+        if attrs is not None:
             if attrs.get("complete"):
                 return None
             return self._restore(info.obsid, attrs)  # left by a run whose state was lost

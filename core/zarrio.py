@@ -131,7 +131,9 @@ class Writer:
             with open(path, "wb") as f:
                 f.write(data)
             return
-        self.fs.makedirs(parent, exist_ok=True)
+        if parent not in self._made:  # s3fs asks for the bucket (a HEAD) every time
+            self.fs.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
         self.fs.pipe_file(path, data)
 
     def group(self, name: str, attributes: dict | None = None) -> None:

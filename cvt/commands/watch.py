@@ -9,15 +9,29 @@ import threading
 import time
 
 from core.distributed import SchedulerError
+from core.exposure import ExposureError
 from core.isr import IsrConfig
-from core.watch import Watcher, WatchEvent, latency_summary
+from core.watch import Watcher, WatchError, WatchEvent, latency_summary
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
         "rawdir", help="folder the camera writes raw CCD files into (watched recursively)"
     )
-    parser.add_argument("--repo", required=True, help="repository folder of exposures")
+    parser.add_argument(
+        "--repo",
+        required=True,
+        help="repository of exposures: a folder, or a writable fsspec URL (s3://bucket/repo; "
+        "credentials from the store's usual environment, e.g. the AWS variables)",
+    )
+    parser.add_argument(
+        "--state",
+        metavar="DIR",
+        default=None,
+        help="local folder of the watcher's state (the files handled; watch-failures.jsonl for "
+        "a URL). Default: REPO/.watch for a folder, ~/.cache/cvt/watch/<hash of the URL> for "
+        "a URL",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -47,7 +61,8 @@ def add_arguments(parser) -> None:
         "--scheduler",
         metavar="ADDRESS",
         help="run the CCD tasks on this Dask scheduler (tcp://host:8786); its workers must "
-        "see RAWDIR and the repository at the same paths",
+        "see RAWDIR at the same path, and the repository (a folder at the same path, or the "
+        "same object store)",
     )
     parser.add_argument(
         "--parallel-overscan",
@@ -100,8 +115,9 @@ def run(args) -> int:
             scheduler=args.scheduler,
             config=IsrConfig(parallel=args.parallel_overscan),
             on_event=printer(args.quiet),
+            state=args.state,
         )
-    except SchedulerError as exc:
+    except (SchedulerError, ExposureError, WatchError) as exc:
         print(f"cvt watch: {exc}", file=sys.stderr)
         return 2
     if not watcher.rawdir.is_dir():
@@ -111,6 +127,7 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if not args.quiet:
         print(f"watching {watcher.rawdir} -> {watcher.repo} (Ctrl-C to stop)", flush=True)
+        print(f"state: {watcher.state_dir}; unreadable and late files: {watcher.failure_log}")
     try:
         done = watcher.run(stop, idle_exit=args.exit_when_idle)
     except KeyboardInterrupt:

@@ -80,6 +80,50 @@ def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     assert_same_exposure(a, open_exposure(done[0].path))
 
 
+def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_path, monkeypatch):
+    """``cvt watch --repo s3://... --scheduler``: the cluster's workers write the CCDs into the
+    object store (moto's S3 server), reaching it through the standard AWS variables alone, and
+    the exposure is the one the local path makes in a folder; its catalog is in the bucket."""
+    import os
+
+    import s3fs
+
+    from core.catalog import query_exposures
+
+    options, env = moto_s3
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("cvt-dask")
+
+    def set_env() -> None:  # what a deployment does with the workers' environment
+        os.environ.update(env)
+        s3fs.S3FileSystem.clear_instance_cache()
+
+    client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    try:
+        client.run(set_env)
+    finally:
+        client.close()
+    sim = simulate_exposure(
+        tmp_path / "raw", camera="ComCam", detectors=DETECTORS, seed=13, faults=False, workers=2
+    )
+    local, _ = ingest([tmp_path / "raw"], tmp_path / "local", workers=1)
+    url = "s3://cvt-dask/repo"
+    watcher = Watcher(
+        tmp_path / "raw", url, expect=len(DETECTORS), poll=0.2,
+        scheduler=cluster.scheduler_address, state=tmp_path / "state",
+    )  # fmt: skip
+    done = watcher.run(idle_exit=1.0)
+    assert [d.obsid for d in done] == [sim.obsid] and watcher.errors == []
+    assert done[0].path == f"{url}/{sim.obsid}.zarr"
+    x = open_exposure(done[0].path)
+    assert x.complete
+    assert_same_exposure(open_exposure(local[0].path), x)
+    assert [r["obsid"] for r in query_exposures(url)] == [sim.obsid]
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 def test_the_watcher_asks_the_cluster_its_size_once_a_round(cluster, tmp_path):
     """A Dask cluster's size is a round trip to the scheduler: the watcher asks it once per
     round of looking and submitting, not once per file it accepts (two land together here)."""

@@ -131,12 +131,15 @@ def catalogued(repo: Path) -> dict[str, dict]:
 class Running:
     """A watcher on its own thread, with its events."""
 
-    def __init__(self, rawdir: Path, repo: Path, expect: int | None = 2, timeout: float = 60.0):
+    def __init__(
+        self, rawdir: Path, repo: Path | str, expect: int | None = 2, timeout: float = 60.0,
+        **options,
+    ):  # fmt: skip
         self.events: list = []
         self.stop = threading.Event()
         self.watcher = Watcher(
             rawdir, repo, expect=expect, timeout=timeout, settle=4.0, poll=0.2, workers=1,
-            on_event=self.events.append,
+            on_event=self.events.append, **options,
         )  # fmt: skip
         self.thread = threading.Thread(target=self.watcher.run, args=(self.stop,), daemon=True)
         self.thread.start()
