@@ -128,6 +128,19 @@ def catalogued(repo: Path) -> dict[str, dict]:
         return {}
 
 
+def corrupt_rice_data(path: Path) -> None:
+    """Point a RICE file's first tile past its data: headers and structure stay whole (the
+    watcher takes the file), the CCD task fails."""
+    from astropy.io import fits
+
+    with fits.open(path, disable_image_compression=True) as hdus:
+        table = hdus[1].fileinfo()["datLoc"]  # the first segment's tile descriptors
+    data = bytearray(path.read_bytes())
+    data[table + 4 : table + 8] = (0x7FFFFFF0).to_bytes(4, "big")  # tile 0's heap offset
+    path.write_bytes(bytes(data))
+    assert check_raw_file(path)[0] == READY
+
+
 class Running:
     """A watcher on its own thread, with its events."""
 
@@ -340,19 +353,12 @@ def test_a_file_whose_data_is_corrupt_fails_in_its_task(tmp_path):
     """A RICE file whose headers and structure are whole (the watcher takes it) but whose tile
     table points past its data: the CCD task fails, the failure is recorded with the file and
     the reason, and the exposure completes without it, not waiting for the timeout."""
-    from astropy.io import fits
-
     sim = simulate_exposure(
         tmp_path / "src", camera="ComCam", detectors=DETECTORS, seed=7, image_type="bias",
         seq=4, faults=False, compress="rice", workers=2,
     )  # fmt: skip
     bad = sim.files[1]
-    with fits.open(bad, disable_image_compression=True) as hdus:
-        table = hdus[1].fileinfo()["datLoc"]  # the first segment's tile descriptors
-    data = bytearray(bad.read_bytes())
-    data[table + 4 : table + 8] = (0x7FFFFFF0).to_bytes(4, "big")  # tile 0's heap offset
-    bad.write_bytes(bytes(data))
-    assert check_raw_file(bad)[0] == READY
+    corrupt_rice_data(bad)
 
     rawdir, repo = tmp_path / "raw", tmp_path / "repo"
     rawdir.mkdir()

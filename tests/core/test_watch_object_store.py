@@ -25,11 +25,12 @@ from core import catalog
 from core.exposure import ExposureError, open_exposure
 from core.ingest import ingest
 from core.simulate import simulate_exposure
-from core.watch import FAILURE_LOG, READY, Watcher, WatchError, check_raw_file, default_state_dir
+from core.watch import FAILURE_LOG, Watcher, WatchError, default_state_dir
 from tests.core.test_watch import (
     Running,
     _lines,
     assert_same_store,
+    corrupt_rice_data,
     cvt_watch,
     kill_group,
     land,
@@ -63,19 +64,6 @@ def aws_env(s3, monkeypatch, tmp_path):
     s3fs.S3FileSystem.clear_instance_cache()
     yield
     s3fs.S3FileSystem.clear_instance_cache()
-
-
-def corrupt_rice_data(path: Path) -> None:
-    """Point a RICE file's first tile past its data: headers and structure stay whole (the
-    watcher takes the file), the CCD task fails."""
-    from astropy.io import fits
-
-    with fits.open(path, disable_image_compression=True) as hdus:
-        table = hdus[1].fileinfo()["datLoc"]  # the first segment's tile descriptors
-    data = bytearray(path.read_bytes())
-    data[table + 4 : table + 8] = (0x7FFFFFF0).to_bytes(4, "big")  # tile 0's heap offset
-    path.write_bytes(bytes(data))
-    assert check_raw_file(path)[0] == READY
 
 
 @pytest.fixture(scope="module")
