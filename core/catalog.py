@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.paths import is_url, local_path
+
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = "catalog.sqlite"
@@ -90,14 +92,10 @@ def catalog_path(repo: str | os.PathLike) -> Path:
     return Path(repo) / CATALOG_NAME
 
 
-def _is_url(repo: str | os.PathLike) -> bool:
-    text = os.fspath(repo)
-    return "://" in text and not text.startswith("file://")
-
-
-def _local(repo: str | os.PathLike) -> Path:
-    text = os.fspath(repo)
-    return Path(text[len("file://") :] if text.startswith("file://") else text)
+def _root(repo: str | os.PathLike) -> str | Path:
+    """A repository as the catalog's functions take it: a URL without its trailing slash, or
+    the local folder."""
+    return os.fspath(repo).rstrip("/") if is_url(repo) else local_path(repo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +140,7 @@ def split_amp(name: str) -> tuple[str, str]:
 
 def connect(repo: str | os.PathLike) -> sqlite3.Connection:
     """The repository's catalog for writing (made if absent), WAL mode, schema in place."""
-    path = catalog_path(_local(repo))
+    path = catalog_path(local_path(repo))
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -304,9 +302,14 @@ def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
     obsids = set(obsids)
     if not obsids:
         return []  # no catalog made for nothing
-    root = os.fspath(repo).rstrip("/") if _is_url(repo) else _local(repo)
+    root = _root(repo)
+    try:
+        with open_catalog(root) as cat:
+            obsids -= {r["obsid"] for r in cat.exposures()}
+    except CatalogError:  # none yet: every one is missing
+        pass
     found = []
-    for obsid in sorted(obsids - _recorded(root)):
+    for obsid in sorted(obsids):
         try:
             exp = open_exposure(f"{root}/{obsid}.zarr")
         except (ExposureError, OSError) as exc:
@@ -321,19 +324,6 @@ def record_missing(repo: str | os.PathLike, obsids) -> list[str]:
     return [row["obsid"] for row, _ in found]
 
 
-def _recorded(repo: str | Path) -> set[str]:
-    """The obsids the catalog of ``repo`` has (a folder's catalog is made if absent; an object
-    store's is read, none there is none recorded)."""
-    if isinstance(repo, Path):
-        with contextlib.closing(connect(repo)) as db:
-            return {r[0] for r in db.execute("SELECT obsid FROM exposures")}
-    try:
-        with open_catalog(repo) as cat:
-            return {r[0] for r in cat.db.execute("SELECT obsid FROM exposures")}
-    except CatalogError:
-        return set()
-
-
 def rebuild(repo: str | os.PathLike, progress=None) -> int:
     """The catalog made again from the exposure stores of a repository, in one
     transaction (readers see the old catalog until it commits). Returns the exposures listed.
@@ -341,12 +331,12 @@ def rebuild(repo: str | os.PathLike, progress=None) -> int:
     recorded when they complete."""
     from core.exposure import ExposureError, list_exposures, open_exposure
 
-    root = repo if _is_url(repo) else _local(repo)
+    root = _root(repo)
     names = list_exposures(root)
     rows = []
     for i, name in enumerate(names):
         try:
-            exp = open_exposure(f"{os.fspath(root).rstrip('/')}/{name}.zarr")
+            exp = open_exposure(f"{root}/{name}.zarr")
         except ExposureError as exc:
             log.warning("catalog rebuild: %s", exc)
             continue
@@ -369,7 +359,7 @@ def _transaction(repo):
     rolled back if it raises. A repository in an object store (no SQLite there) has its
     catalog fetched, changed here and put back whole (one writer at a time: the ingest or the
     watcher of that repository; ``rebuild`` makes it again from the stores)."""
-    if _is_url(repo):
+    if is_url(repo):
         with _object_store_copy(os.fspath(repo)) as local, _transaction(local) as db:
             yield db
         return
@@ -582,7 +572,7 @@ def open_catalog(
     at ``http://host:port``, ``s3://bucket/repo``), whose ``catalog.sqlite`` is downloaded to a
     temporary file (deleted by ``close``). A copy caught in the middle of a checkpoint fails
     SQLite's quick check and is fetched again."""
-    if _is_url(repo):
+    if is_url(repo):
         url = os.fspath(repo).rstrip("/") + "/" + CATALOG_NAME
         last = None
         for _ in range(max(1, attempts)):
@@ -598,10 +588,10 @@ def open_catalog(
                 last = str(exc)
             os.unlink(tmp)
         raise CatalogError(f"{url}: not a readable catalog ({last})")
-    path = catalog_path(_local(repo))
+    path = catalog_path(local_path(repo))
     if not path.is_file():
         raise CatalogError(
-            f"{path}: no catalog in this repository (cvt catalog rebuild {_local(repo)})"
+            f"{path}: no catalog in this repository (cvt catalog rebuild {local_path(repo)})"
         )
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)

@@ -33,6 +33,7 @@ import fsspec
 import numpy as np
 
 from core import __version__, layout
+from core.paths import is_url, local_path
 from core.zarrio import DEFAULT_CODEC, ZARR_JSON, Writer, array_metadata
 
 if TYPE_CHECKING:
@@ -402,12 +403,6 @@ class ExposureBuilder:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def is_local(repo: str | os.PathLike) -> bool:
-    """A folder (or ``file://`` URL), not an object store or a server."""
-    text = os.fspath(repo)
-    return "://" not in text or text.startswith("file://")
-
-
 def check_writable(url: str) -> None:
     """Refuse, saying why, a repository URL that exposures cannot be written into: HTTP (a
     server such as ``cvt serve`` serves a repository for reading; there is no listing,
@@ -479,10 +474,9 @@ class ObjectStoreExposureBuilder:
 def exposure_builder(repo: str | os.PathLike, obsid: str, replace: bool = False):
     """The builder of one exposure in ``repo``: a folder (``ExposureBuilder``, published by a
     rename) or an object store (``ObjectStoreExposureBuilder``)."""
-    if is_local(repo):
-        local = os.fspath(repo).removeprefix("file://")
-        return ExposureBuilder(local, obsid, replace)
-    return ObjectStoreExposureBuilder(os.fspath(repo), obsid, replace)
+    if is_url(repo):
+        return ObjectStoreExposureBuilder(os.fspath(repo), obsid, replace)
+    return ExposureBuilder(local_path(repo), obsid, replace)
 
 
 class _ReplacingWriter(Writer):
@@ -521,10 +515,10 @@ class PartialExposure:
 
     def __init__(self, repo: str | os.PathLike, obsid: str):
         self.obsid = obsid
-        self.local = is_local(repo)
+        self.local = not is_url(repo)
         self._coarse: list[tuple[np.ndarray, np.ndarray]] | None = None  # overview sums, counts
         if self.local:
-            self.repo: Path | str = Path(os.fspath(repo).removeprefix("file://"))
+            self.repo: Path | str = local_path(repo)
             self.path: Path | str = self.repo / f"{obsid}.zarr"
             self.writer = _ReplacingWriter(str(self.path))
         else:
@@ -669,14 +663,13 @@ def _store_for(url: str | os.PathLike, storage_options: dict | None = None):
     """A local folder, or any fsspec URL through ``core.remote`` (retries, checked responses,
     the disk chunk cache)."""
     url = os.fspath(url)
-    if "://" in url and not url.startswith("file://"):
+    if is_url(url):
         from core import remote
 
         return remote.open_store(url, storage_options)
     import zarr  # here: the ingest and its workers write without zarr-python (0.2 s to import)
 
-    path = url[len("file://") :] if url.startswith("file://") else url
-    return zarr.storage.LocalStore(path, read_only=True)
+    return zarr.storage.LocalStore(local_path(url), read_only=True)
 
 
 class DetectorImage:
@@ -886,7 +879,7 @@ def open_exposure(url: str | os.PathLike, storage_options: dict | None = None) -
 
 def list_exposures(repo: str | os.PathLike, storage_options: dict | None = None) -> list[str]:
     """The published exposures of a repository (folder or fsspec URL), sorted by name."""
-    if "://" in os.fspath(repo) and not os.fspath(repo).startswith("file://"):
+    if is_url(repo):
         from core import remote
 
         return remote.list_exposures(os.fspath(repo), storage_options)

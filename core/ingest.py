@@ -31,13 +31,13 @@ from core.exposure import (
     OverviewGrid,
     exposure_attributes,
     exposure_builder,
-    is_local,
     load_overview_kernels,
     remove_abandoned,
     write_detector,
     write_overview,
     write_table,
 )
+from core.paths import is_url, local_path
 from core.rawfile import RawCCD, RawFileError, RawInfo, header_text, read_raw, read_raw_header
 from core.zarrio import Writer
 
@@ -522,8 +522,8 @@ def ingest(
     (``tcp://host:8786``) runs the CCD tasks on that Dask cluster instead (``core.distributed``).
     """
     files = find_raw_files(inputs)
-    if is_local(repo) and Path(repo).is_dir():
-        for path in remove_abandoned(repo):
+    if not is_url(repo) and local_path(repo).is_dir():
+        for path in remove_abandoned(local_path(repo)):
             log.warning("%s: removed, left unpublished by an ingest that was killed", path)
     # the workers start (and load their kernels) while the headers are read
     executor = make_executor(scheduler, workers, len(files))

@@ -48,6 +48,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, WrapperStore
 
 from core.lazyzarr import CorruptChunk, blosc_frame_ok
+from core.paths import user_cache_dir
 
 V2_KEYS = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -63,15 +64,8 @@ class CorruptResponse(RemoteError, CorruptChunk):
     local ``CorruptChunk`` it is not worth retrying."""
 
 
-def is_url(path: str | os.PathLike) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (a local path otherwise)."""
-    text = os.fspath(path)
-    return "://" in text and not text.startswith("file://")
-
-
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cvt" / "chunks"
+    return user_cache_dir("chunks")
 
 
 @dataclass(frozen=True)

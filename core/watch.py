@@ -60,7 +60,6 @@ from core.exposure import (
     OverviewGrid,
     PartialExposure,
     check_writable,
-    is_local,
     load_overview_kernels,
 )
 from core.ingest import (
@@ -72,6 +71,7 @@ from core.ingest import (
     in_flight_limit,
     record_in_catalog,
 )
+from core.paths import is_url, local_path, user_cache_dir
 from core.rawfile import RawFileError, RawInfo, read_raw_header
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,10 @@ def default_state_dir(repo: str | os.PathLike) -> Path:
     """Where the watcher of ``repo`` keeps its state: ``REPO/.watch`` for a folder; for a URL
     (an object store has no SQLite, nor appends) a folder of the user's cache named by a hash
     of the URL, beside ``core.remote``'s chunk cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    if is_local(repo):
-        return Path(os.fspath(repo).removeprefix("file://")).resolve() / STATE_DIR
+    if not is_url(repo):
+        return local_path(repo).resolve() / STATE_DIR
     url = os.fspath(repo).rstrip("/")
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cvt" / "watch" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    return user_cache_dir("watch", hashlib.sha256(url.encode()).hexdigest()[:16])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,8 +382,8 @@ class Watcher:
         state: str | os.PathLike | None = None,
     ):
         self.rawdir = Path(rawdir).resolve()
-        self.local = is_local(repo)
-        folder = Path(os.fspath(repo).removeprefix("file://")).resolve() if self.local else None
+        self.local = not is_url(repo)
+        folder = local_path(repo).resolve() if self.local else None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             self.repo: Path | str = folder

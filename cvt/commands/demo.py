@@ -7,19 +7,18 @@ deleted after the ingest unless ``--keep-raw``, since the store holds everything
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
 from core.exposure import list_exposures, open_exposure
 from core.ingest import ingest
+from core.paths import user_cache_dir
 from cvt.progress import Progress
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cvt" / "demo"
+    return user_cache_dir("demo")
 
 
 def add_arguments(parser) -> None:
