@@ -766,7 +766,6 @@ class Watcher:
             from core.distributed import make_executor
 
             self.executor = make_executor(self._scheduler, self._workers, n_tasks=2)
-            self._limit = None
         return len(finished)
 
     def _record(self, e: _Filling, info: RawInfo, mtime: float, size: int, res: CcdResult) -> None:
