@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core import layout
+from core.exposure import ExposureError
 
 OVERVIEW = "overview"
 Rect = tuple[float, float, float, float]  # x0, y0, x1, y1 in focal-plane pixels
@@ -380,7 +381,7 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
         try:
             det = exposure.detector(name)
         except Exception as exc:  # listed but unreadable: said, and the rest still opens
-            problems[name] = f"metadata unreadable ({_why(exc)})"
+            problems[name] = f"metadata unreadable ({describe_error(exc)})"
             continue
         info = detector_info(det, len(infos), amp_start)
         amp_start += len(info.amps)
@@ -408,7 +409,7 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
         )
     except Exception as exc:  # no overview (or a broken one): the detectors alone
         overview = None
-        problems["overview"] = f"unreadable ({_why(exc)}); the detectors are drawn alone"
+        problems["overview"] = f"unreadable ({describe_error(exc)}); the detectors are drawn alone"
     absent, unreadable, rafts, cam_bounds = [], [], [], None
     if camera is not None:
         present = {d.name for d in infos}
@@ -427,8 +428,10 @@ def build_layout(exposure, camera=None) -> tuple[Layout, dict]:
     return layout, images
 
 
-def _why(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+def describe_error(exc: BaseException) -> str:
+    """What went wrong, for the status bar and the summary: an ``ExposureError``'s own message
+    (it names the file and the problem), else the exception's type and message."""
+    return str(exc) if isinstance(exc, ExposureError) else f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.exposure import ExposureError, list_exposures, open_exposure
+from core.exposure import list_exposures, open_exposure
 from cvt.display import (
     COLORMAPS,
     LIMIT_MODES,
@@ -66,7 +66,15 @@ from cvt.viewer.panels import ColourBar, HeaderPanel, HealthPanel, HistogramPane
 from cvt.viewer.skyinfo import sky_of, sky_text
 from cvt.viewer.stats import EMPTY, LevelSamples, table_for
 from cvt.viewer.summary import SummaryPanel, summary_lines
-from cvt.viewer.tiles import OVERVIEW, Layout, Tile, TileCache, TileKey, build_layout
+from cvt.viewer.tiles import (
+    OVERVIEW,
+    Layout,
+    Tile,
+    TileCache,
+    TileKey,
+    build_layout,
+    describe_error,
+)
 from cvt.viewer.trendpanel import TrendControls
 from cvt.viewer.view import FocalPlaneView
 
@@ -672,7 +680,7 @@ class ViewerWindow(QMainWindow):
             exposure,
             on_done=lambda res: self._on_tables(res) if seq == self._open_seq else None,
             on_error=lambda e: (
-                self._on_tables(({}, {}, None, {"metrics and sources": _why(e)}))
+                self._on_tables(({}, {}, None, {"metrics and sources": describe_error(e)}))
                 if seq == self._open_seq
                 else None
             ),
@@ -1652,12 +1660,8 @@ def _read_tables(exposure):
             out.append(exposure.table(name))
         except Exception as exc:
             out.append({})
-            errors[name] = _why(exc)
+            errors[name] = describe_error(exc)
     return (*out, sorted_positions(out[1]), errors)
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ExposureError) else f"{type(exc).__name__}: {exc}"
 
 
 def sorted_positions(sources: dict):
