@@ -403,6 +403,30 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
+def die_after_publishing(files, rawdir: Path, repo, out: Path, *extra: str, env=None) -> None:
+    """``python -m cvt watch`` on the landed ``files``, dying (as ``kill -9`` would) right after
+    the exposure's root says ``complete: true``, before its state or the catalog know."""
+    for f in files:
+        land(f, rawdir)
+    proc = cvt_watch(
+        rawdir, repo, out, "--workers", "1", *extra,
+        env={**(env or {}), "CVT_TEST_WATCH_DIE_AT": "published"},
+    )  # fmt: skip
+    assert proc.wait(timeout=180) == 70, out.read_text()
+
+
+def restarted_until_catalogued(rawdir: Path, repo, **options) -> Running:
+    """A watcher started again, run until it has catalogued what it completed, and a few rounds
+    more (in which nothing else may happen); halted."""
+    again = Running(rawdir, repo, **options)
+    try:
+        wait_for(lambda: again.seen("catalogued"), what="the exposure catalogued")
+        time.sleep(0.5)  # a few rounds: nothing else happens
+    finally:
+        again.halt()
+    return again
+
+
 def test_death_between_publishing_and_the_catalog(simulated, tmp_path):
     """``python -m cvt watch`` dies right after an exposure's root says ``complete: true``,
     before its state or the catalog know: the restarted watcher records it in the catalog
@@ -410,25 +434,14 @@ def test_death_between_publishing_and_the_catalog(simulated, tmp_path):
     rawdir, repo = tmp_path / "raw", tmp_path / "repo"
     rawdir.mkdir()
     e1 = simulated[0]
-    for f in e1.files:
-        land(f, rawdir)
-    proc = cvt_watch(
-        rawdir, repo, tmp_path / "watch.out", "--workers", "1",
-        env={"CVT_TEST_WATCH_DIE_AT": "published"},
-    )  # fmt: skip
-    assert proc.wait(timeout=180) == 70, (tmp_path / "watch.out").read_text()
+    die_after_publishing(e1.files, rawdir, repo, tmp_path / "watch.out")
     assert open_exposure(repo / f"{e1.obsid}.zarr").complete
     assert e1.obsid not in catalogued(repo)
     state = sqlite3.connect(repo / ".watch" / "state.sqlite")
     assert state.execute("SELECT status FROM exposures").fetchall() == [("filling",)]
     state.close()
 
-    again = Running(rawdir, repo)
-    try:
-        wait_for(lambda: again.seen("catalogued"), what="the exposure catalogued")
-        time.sleep(0.5)  # a few rounds: nothing else happens
-    finally:
-        again.halt()
+    again = restarted_until_catalogued(rawdir, repo)
     assert [e.kind for e in again.events] == ["catalogued"]
     assert again.seen("catalogued")[0].obsid == e1.obsid
     state = sqlite3.connect(repo / ".watch" / "state.sqlite")

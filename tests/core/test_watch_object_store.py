@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,10 @@ from tests.core.test_watch import (
     assert_same_store,
     corrupt_rice_data,
     cvt_watch,
+    die_after_publishing,
     kill_group,
     land,
+    restarted_until_catalogued,
     wait_for,
 )
 
@@ -201,23 +202,13 @@ def test_death_between_publishing_and_the_catalog(s3, aws_env, night, tmp_path):
     rawdir, state = tmp_path / "raw", tmp_path / "state"
     rawdir.mkdir()
     e1 = night[0]
-    for f in e1.files:
-        land(f, rawdir)
-    proc = cvt_watch(
-        rawdir, url, tmp_path / "watch.out", "--workers", "1", "--state", str(state),
-        env={**env, "CVT_TEST_WATCH_DIE_AT": "published"},
-    )  # fmt: skip
-    assert proc.wait(timeout=180) == 70, (tmp_path / "watch.out").read_text()
+    out = tmp_path / "watch.out"
+    die_after_publishing(e1.files, rawdir, url, out, "--state", str(state), env=env)
     assert open_exposure(f"{url}/{e1.obsid}.zarr", storage_options=options).complete
     with pytest.raises(catalog.CatalogError, match="no catalog there"):
         catalog.query_exposures(url)
 
-    again = Running(rawdir, url, state=state)
-    try:
-        wait_for(lambda: again.seen("catalogued"), what="the exposure catalogued")
-        time.sleep(0.5)  # a few rounds: nothing else happens
-    finally:
-        again.halt()
+    again = restarted_until_catalogued(rawdir, url, state=state)
     assert [(e.kind, e.obsid) for e in again.events] == [("catalogued", e1.obsid)]
     (row,) = catalog.query_exposures(url)
     assert (row["obsid"], row["complete"], row["n_detectors"]) == (e1.obsid, 1, 2)

@@ -28,17 +28,22 @@ def grab(w):
     return w.view.grab().toImage()
 
 
-def rgb_at(w, image, fx, fy, r=1):
-    """Mean RGB of a (2r+1)^2 patch of the grabbed view at a focal-plane point."""
+def patch(w, image, fx, fy, r=1) -> np.ndarray:
+    """The (2r+1, 2r+1, 3) int RGB pixels of a grabbed view around a focal-plane point."""
     p = w.view.fp_to_widget(fx, fy)
     x, y = round(p.x()), round(p.y())
     assert 0 <= x < image.width() and 0 <= y < image.height(), (fx, fy, x, y)
-    px = [
-        image.pixelColor(x + i, y + j).getRgb()[:3]
-        for i in range(-r, r + 1)
-        for j in range(-r, r + 1)
-    ]
-    return np.mean(px, axis=0)
+    return np.array(
+        [
+            [image.pixelColor(x + i, y + j).getRgb()[:3] for i in range(-r, r + 1)]
+            for j in range(-r, r + 1)
+        ]
+    )
+
+
+def rgb_at(w, image, fx, fy, r=1):
+    """Mean RGB of a (2r+1)^2 patch of the grabbed view at a focal-plane point."""
+    return patch(w, image, fx, fy, r).mean(axis=(0, 1))
 
 
 def mouse_to(qtbot, w, fx, fy) -> None:

@@ -229,17 +229,8 @@ def test_cvt_view_options_that_need_an_exposure(tmp_path):
 # the overlay switches, sources, PNG export
 
 
-def patch(w, image, fx, fy, r=1) -> np.ndarray:
-    """The (2r+1)^2 pixels of a grabbed view around a focal-plane point, as int RGB."""
-    from tests.cvt.test_compare import as_array
-
-    p = w.view.fp_to_widget(fx, fy)
-    x, y = round(p.x()), round(p.y())
-    return as_array(image)[y - r : y + r + 1, x - r : x + r + 1].astype(int)
-
-
 def test_outline_and_label_switches_change_the_picture(viewer, qtbot, sim_exposure):
-    from tests.cvt.test_viewer import amp_box, grab
+    from tests.cvt.test_viewer import amp_box, grab, patch
 
     path, _ = sim_exposure
     w = viewer()
