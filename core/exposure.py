@@ -243,8 +243,14 @@ class OverviewGrid:
 @cache
 def load_overview_kernels() -> None:
     """Load the kernels of ``OverviewGrid.levels`` (a process's first numba call costs ~1 s):
-    the ingest calls this once its first CCDs are submitted, not after its last. Once."""
-    _bin_means(_coarsen(np.zeros((2, 2))), _coarsen(np.zeros((2, 2), dtype=np.int64)))
+    the ingest calls this once its first CCDs are submitted, not after its last. Once.
+
+    Ctrl-C meanwhile takes effect once they are loaded: numba loads through llvmlite's ctypes
+    callbacks, which swallow an exception raised in them, and the interrupt was lost."""
+    from core.distributed import interrupts_held
+
+    with interrupts_held():
+        _bin_means(_coarsen(np.zeros((2, 2))), _coarsen(np.zeros((2, 2), dtype=np.int64)))
 
 
 def _coarsen(a: np.ndarray) -> np.ndarray:

@@ -180,6 +180,14 @@ def drop_from_page_cache(path: str) -> None:
         os.close(fd)
 
 
+def ingest_ccd_here(*args) -> CcdResult:
+    """``_ingest_ccd`` in this process, the pool's task run without a pool: a Ctrl-C meanwhile
+    takes effect when the CCD is done, as it does for the CCDs a pool is running. (Its kernels'
+    first calls load them through llvmlite's ctypes callbacks, which swallowed an interrupt.)"""
+    with interrupts_held():
+        return _ingest_ccd(*args)
+
+
 def _ingest_ccd(
     path: str,
     camera_name: str,
@@ -466,7 +474,7 @@ def ingest_exposure(
     try:
         if executor is None:
             for path in paths:
-                collect(_ingest_ccd(path, *args))
+                collect(ingest_ccd_here(path, *args))
         else:
             limit = in_flight_limit(executor)
             for path in paths:

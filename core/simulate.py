@@ -1303,10 +1303,14 @@ def simulate_exposure(
             futures = [
                 pool.submit(_simulate_and_write, plan, d, str(out), compress, False) for d in dets
             ]
-            for fut in futures:
-                truths.append(fut.result())
-                if progress is not None:
-                    progress(len(truths), len(dets))
+            try:
+                for fut in futures:
+                    truths.append(fut.result())
+                    if progress is not None:
+                        progress(len(truths), len(dets))
+            except BaseException:  # Ctrl-C: the CCDs being written end, the others never start
+                pool.shutdown(cancel_futures=True)
+                raise
     truth = _exposure_truth(plan, truths, resolved, compress)
     truth_path = out / f"{plan.obsid}_truth.json"
     tmp = truth_path.with_name("." + truth_path.name + ".part")

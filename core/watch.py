@@ -56,6 +56,7 @@ import numpy as np
 from core import isr
 from core import rawfile as rf
 from core.camera import Camera, load_camera
+from core.distributed import interrupts_held, make_executor
 from core.exposure import (
     OverviewGrid,
     PartialExposure,
@@ -69,6 +70,7 @@ from core.ingest import (
     _ingest_ccd,
     exposure_summary,
     in_flight_limit,
+    ingest_ccd_here,
     record_in_catalog,
 )
 from core.paths import is_url, local_path, user_cache_dir
@@ -419,8 +421,6 @@ class Watcher:
         # refresh (a process's first numba call readies numba: ~0.75 s)
         load_overview_kernels()
         if executor is None:
-            from core.distributed import make_executor
-
             try:
                 self.executor = make_executor(scheduler, workers, n_tasks=2)
             except BaseException:
@@ -732,11 +732,12 @@ class Watcher:
             if self.executor is None:
                 fut: Future = Future()
                 try:
-                    fut.set_result(_ingest_ccd(*args))
+                    fut.set_result(ingest_ccd_here(*args))
                 except Exception as exc:
                     fut.set_exception(exc)
             else:
-                fut = self.executor.submit(_ingest_ccd, *args)
+                with interrupts_held():  # not while a worker is being started
+                    fut = self.executor.submit(_ingest_ccd, *args)
             self.futures[fut] = (info, mtime, size, e)
 
     def _collect(self, timeout: float) -> int:
@@ -763,8 +764,6 @@ class Watcher:
             self._record(e, info, mtime, size, res)
         if broken and self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
-            from core.distributed import make_executor
-
             self.executor = make_executor(self._scheduler, self._workers, n_tasks=2)
         return len(finished)
 

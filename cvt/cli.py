@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import importlib
 import os
+import signal
 import sys
 import threading
 
@@ -46,6 +47,19 @@ HELP: dict[str, str] = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """A stop by a signal other than Ctrl-C (``kill``: SIGTERM), handled as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt(signum, frame) -> None:
+    """A signal handler: the signal stops the command as Ctrl-C does (``Terminated``)."""
+    raise Terminated(signum)
+
+
 # batch commands whose process, run as the program, ends once its work is done (``_leave``)
 LEAVE_AT_ONCE = {"info", "simulate", "ingest", "catalog", "trend", "check"}
 
@@ -77,9 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(cmd)
         args = cmd.parse_args(argv[1:])
         code = int(module.run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted", file=sys.stderr)
-        return 130
+        signum = getattr(stop, "signum", signal.SIGINT)
+        if as_program:
+            _die_by(signum)
+        return 128 + signum
     if as_program and name in LEAVE_AT_ONCE:
         _leave(code)
     return code
@@ -98,6 +115,22 @@ def _leave(code: int) -> None:
         with contextlib.suppress(Exception):  # closed, or a reader gone: nothing to keep
             stream.flush()
     os._exit(code)
+
+
+def _die_by(signum: int) -> None:
+    """End, once the command has cleaned up after an interrupt, killed by the signal that
+    stopped it, as a program that does not catch it is: its caller sees that (a shell's loop or
+    script stops at a Ctrl-C only if the command it ran died of it; ``$?`` is 128 + signal
+    either way). Always so: CPython, run as ``python -m``, did so by itself, but only when the
+    interrupt had come inside an ``exec`` of a string (a dataclass being made at import)."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # not reached: the signal is delivered before kill returns
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from core.distributed import SchedulerError, local_workers, start_local_workers
+from cvt.cli import interrupt
 
 
 def add_arguments(parser) -> None:
@@ -36,14 +37,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args) -> int:
     # a kill (SIGTERM) ends the ingest as Ctrl-C does: the running CCDs end, the exposure being
     # written is removed unpublished, the ones already published stay
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     if not args.scheduler and local_workers(args.workers, 2 if _several(args.inputs) else 1):
         # the local workers' forkserver imports the ingest (~2 s) while this process does too
         # and reads the headers: the first CCDs start ~1 s sooner

@@ -155,6 +155,49 @@ def test_an_interrupted_ingest_leaves_nothing_that_looks_complete(tmp_path, obs_
     assert list((tmp_path / "repo").iterdir()) == []
 
 
+def test_ctrl_c_while_a_ccd_is_ingested_here_comes_when_it_is_done(tmp_path, obs_lsst, monkeypatch):
+    """One worker: the CCD is ingested in this process. A Ctrl-C meanwhile (here raised from
+    inside it) stops the ingest once the CCD is done, as the pool's CCDs do; inside, it could
+    land in llvmlite's ctypes callbacks (numba loading a kernel), which swallowed it."""
+    import signal
+
+    import core.ingest
+
+    finished = []
+
+    def interrupted_ccd(*args):
+        signal.raise_signal(signal.SIGINT)
+        finished.append(real(*args))
+        return finished[-1]
+
+    real = core.ingest._ingest_ccd
+    monkeypatch.setattr(core.ingest, "_ingest_ccd", interrupted_ccd)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([obs_lsst / "raw" / "3019053000001-R22-S00-det000.fits"], tmp_path / "repo",
+               workers=1)
+    assert len(finished) == 1 and finished[0].error is None and finished[0].detector == "R22_S00"
+    assert list((tmp_path / "repo").iterdir()) == []
+
+
+def test_ctrl_c_while_the_overview_kernels_load_comes_when_they_are_loaded(monkeypatch):
+    import signal
+
+    import core.exposure
+
+    finished = []
+
+    def interrupted(*args):
+        signal.raise_signal(signal.SIGINT)
+        finished.append(real(*args))
+        return finished[-1]
+
+    real = core.exposure._bin_means
+    monkeypatch.setattr(core.exposure, "_bin_means", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        core.exposure.load_overview_kernels()
+    assert len(finished) == 1
+
+
 def test_opening_something_else_says_what_is_wrong(tmp_path):
     with pytest.raises(ExposureError, match="not a readable exposure store"):
         open_exposure(tmp_path / "nothing.zarr")
