@@ -155,23 +155,30 @@ def test_an_interrupted_ingest_leaves_nothing_that_looks_complete(tmp_path, obs_
     assert list((tmp_path / "repo").iterdir()) == []
 
 
-def test_ctrl_c_while_a_ccd_is_ingested_here_comes_when_it_is_done(tmp_path, obs_lsst, monkeypatch):
-    """One worker: the CCD is ingested in this process. A Ctrl-C meanwhile (here raised from
-    inside it) stops the ingest once the CCD is done, as the pool's CCDs do; inside, it could
-    land in llvmlite's ctypes callbacks (numba loading a kernel), which swallowed it."""
+def _ctrl_c_inside(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by itself preceded by a Ctrl-C; the list gets what each call
+    returned, so only calls that ran to their end are in it."""
     import signal
 
-    import core.ingest
-
+    real = getattr(module, name)
     finished = []
 
-    def interrupted_ccd(*args):
+    def interrupted(*args):
         signal.raise_signal(signal.SIGINT)
         finished.append(real(*args))
         return finished[-1]
 
-    real = core.ingest._ingest_ccd
-    monkeypatch.setattr(core.ingest, "_ingest_ccd", interrupted_ccd)
+    monkeypatch.setattr(module, name, interrupted)
+    return finished
+
+
+def test_ctrl_c_while_a_ccd_is_ingested_here_comes_when_it_is_done(tmp_path, obs_lsst, monkeypatch):
+    """One worker: the CCD is ingested in this process. A Ctrl-C meanwhile stops the ingest once
+    the CCD is done, as the pool's CCDs do; inside, it could land in llvmlite's ctypes callbacks
+    (numba loading a kernel), which swallowed it."""
+    import core.ingest
+
+    finished = _ctrl_c_inside(monkeypatch, core.ingest, "_ingest_ccd")
     with pytest.raises(KeyboardInterrupt):
         ingest([obs_lsst / "raw" / "3019053000001-R22-S00-det000.fits"], tmp_path / "repo",
                workers=1)
@@ -180,21 +187,11 @@ def test_ctrl_c_while_a_ccd_is_ingested_here_comes_when_it_is_done(tmp_path, obs
 
 
 def test_ctrl_c_while_the_overview_kernels_load_comes_when_they_are_loaded(monkeypatch):
-    import signal
-
     import core.exposure
 
-    finished = []
-
-    def interrupted(*args):
-        signal.raise_signal(signal.SIGINT)
-        finished.append(real(*args))
-        return finished[-1]
-
-    real = core.exposure._bin_means
-    monkeypatch.setattr(core.exposure, "_bin_means", interrupted)
+    finished = _ctrl_c_inside(monkeypatch, core.exposure, "_bin_means")
     with pytest.raises(KeyboardInterrupt):
-        core.exposure.load_overview_kernels()
+        core.exposure.load_overview_kernels.__wrapped__()  # not the once-per-process cache
     assert len(finished) == 1
 
 
