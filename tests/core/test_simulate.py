@@ -799,11 +799,10 @@ def test_ctrl_c_stops_the_simulation_once_the_files_being_written_are(tmp_path):
     import time
 
     out = tmp_path / "raw"
+    argv = [sys.executable, "-m", "cvt", "simulate", str(out), "--camera", "comcam", "--workers", "2"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cvt", "simulate", str(out), "--camera", "comcam",
-         "--workers", "2"],  # fmt: skip
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob("*.fits")):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
