@@ -116,7 +116,8 @@ class DaskExecutor:
 @contextmanager
 def interrupts_held():
     """Ctrl-C (SIGINT) or SIGTERM while the block runs takes effect, as it would have, when the
-    block ends; and the processes the block starts never see Ctrl-C (main thread only).
+    block ends; and the processes and threads the block starts never see Ctrl-C (main thread
+    only): it comes to the main thread, which a signal taken by another thread does not wake.
 
     - A local pool starts a worker inside ``submit``, which waits for the forkserver (for its
       imports, the first second or two); interrupted there, the worker was left half-started

@@ -69,6 +69,7 @@ from astropy.io import fits
 from core import __version__
 from core import _simulate_kernels as K
 from core.camera import Camera, Detector, load_camera
+from core.distributed import interrupts_held
 from core.layout import AmpPlacement, amp_placements
 
 __all__ = [
@@ -1300,9 +1301,13 @@ def simulate_exposure(
         # numba's parallel kernels are not called from several threads at once (the workqueue
         # threading layer forbids it): each worker runs the serial ones
         with ThreadPoolExecutor(n_workers, thread_name_prefix="cvt-simulate") as pool:
-            futures = [
-                pool.submit(_simulate_and_write, plan, d, str(out), compress, False) for d in dets
-            ]
+            # the threads start deaf to Ctrl-C: it comes to this one at once, waiting or not (one
+            # of them took it, and this one heard of it only when the CCD it waited for ended)
+            with interrupts_held():
+                futures = [
+                    pool.submit(_simulate_and_write, plan, d, str(out), compress, False)
+                    for d in dets
+                ]
             try:
                 for fut in futures:
                     truths.append(fut.result())
