@@ -110,11 +110,16 @@ def _leave(code: int) -> None:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon for t in threading.enumerate()):
         return
+    _run_exit_handlers()
+    os._exit(code)
+
+
+def _run_exit_handlers() -> None:
+    """What an exit does before the interpreter's teardown: the exit handlers, flushed output."""
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # closed, or a reader gone: nothing to keep
             stream.flush()
-    os._exit(code)
 
 
 def _die_by(signum: int) -> None:
@@ -123,10 +128,7 @@ def _die_by(signum: int) -> None:
     script stops at a Ctrl-C only if the command it ran died of it; ``$?`` is 128 + signal
     either way). Always so: CPython, run as ``python -m``, did so by itself, but only when the
     interrupt had come inside an ``exec`` of a string (a dataclass being made at import)."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _run_exit_handlers()
     signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
