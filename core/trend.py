@@ -8,6 +8,7 @@ against time (MJD), sequence number or airmass, with the exposures it came from.
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,13 +104,10 @@ def series(
     ``image_type``: e.g. ``bias`` (case-insensitive)."""
     if vs not in VS:
         raise ValueError(f"vs must be one of {VS}, not {vs!r}")
-    if isinstance(repo, Catalog):
-        metric = repo.resolve_metric(metric)
-        rows = repo.query_amp(amp, metric, since, until, image_type)
-    else:
-        with open_catalog(repo, storage_options) as cat:
-            metric = cat.resolve_metric(metric)
-            rows = cat.query_amp(amp, metric, since, until, image_type)
+    opened = nullcontext(repo) if isinstance(repo, Catalog) else open_catalog(repo, storage_options)
+    with opened as cat:  # an open catalog stays open
+        metric = cat.resolve_metric(metric)
+        rows = cat.query_amp(amp, metric, since, until, image_type)
     rows.sort(key=lambda r: (r["mjd"] is None, r["mjd"] or 0.0, r["dayobs"] or 0, r["seqnum"] or 0))
     mjd = _floats(rows, "mjd")
     seq = np.array([r["seqnum"] if r["seqnum"] is not None else -1 for r in rows], dtype=np.int64)
