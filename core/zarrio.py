@@ -20,6 +20,12 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 ZARR_JSON = "zarr.json"
+# blosc's shuffles by their names in zarr's metadata
+BLOSC_SHUFFLES = {
+    "shuffle": numcodecs.Blosc.SHUFFLE,
+    "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
+    "noshuffle": numcodecs.Blosc.NOSHUFFLE,
+}
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,11 @@ class Codec:
         return "shuffle" if np.dtype(dtype).kind in "iub" else "bitshuffle"
 
     def encoder(self, dtype) -> numcodecs.Blosc:
-        shuffle = {"shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
         return numcodecs.Blosc(
-            cname=self.cname, clevel=self.clevel, shuffle=shuffle[self.shuffle(dtype)], blocksize=0
+            cname=self.cname,
+            clevel=self.clevel,
+            shuffle=BLOSC_SHUFFLES[self.shuffle(dtype)],
+            blocksize=0,
         )
 
     def metadata(self, dtype) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.zarrio import Writer
+from core.zarrio import BLOSC_SHUFFLES, Writer
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -110,11 +110,6 @@ def codec_table(levels: list[np.ndarray], chunk: int = 512, repeat: int = 3) -> 
     import numcodecs
 
     numcodecs.blosc.set_nthreads(1)
-    shuffles = {
-        "shuffle": numcodecs.Blosc.SHUFFLE,
-        "bitshuffle": numcodecs.Blosc.BITSHUFFLE,
-        "noshuffle": numcodecs.Blosc.NOSHUFFLE,
-    }
     rows = []
     for level in (0, 1):
         data = levels[level]
@@ -124,7 +119,7 @@ def codec_table(levels: list[np.ndarray], chunk: int = 512, repeat: int = 3) -> 
             for x in range(0, data.shape[1], chunk)
         ]
         for label, cname, clevel, shuffle in CODECS[data.dtype.name]:
-            codec = numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=shuffles[shuffle])
+            codec = numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=BLOSC_SHUFFLES[shuffle])
             enc = dec = math.inf
             for _ in range(repeat):
                 t = time.perf_counter()
