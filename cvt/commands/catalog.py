@@ -4,10 +4,10 @@ that detector in them (its health status and the ``--metric`` values)."""
 
 from __future__ import annotations
 
-import math
 import sys
 
 from core.catalog import CatalogError, open_catalog, rebuild
+from cvt.text import aligned, number
 
 
 def add_arguments(parser) -> None:
@@ -27,19 +27,11 @@ def add_arguments(parser) -> None:
     )
 
 
-def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def amp_table(rows: list[dict], metrics: list[str]) -> str:
     """A detector's amps across exposures as aligned text (``Catalog.query_detector`` rows)."""
     head = ["obsid", "seq", "time", "image_type", "amp", "status", *metrics]
     keys = ["obsid", "seqnum", "time", "image_type", "amp", "status", *metrics]
-    lines = [head, *[[_cell(r[k]) for k in keys] for r in rows]]
-    widths = [max(len(line[k]) for line in lines) for k in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines)
+    return aligned([head, *[[number(r[k]) for k in keys] for r in rows]])
 
 
 def run(args) -> int:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from core.catalog import CatalogError, open_catalog
 from core.trend import VS, Series, series, sparkline
+from cvt.text import aligned, number
 
 _STATUS_COLOUR = {"ok": (60, 170, 90), "warning": (240, 160, 30), "known": (120, 120, 200)}
 _FAIL_COLOUR = (220, 50, 50)
@@ -44,12 +45,6 @@ def _time(mjd: float) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _num(v: float) -> str:
-    if not math.isfinite(v):
-        return "-"
-    return f"{v:.4g}"
-
-
 def table(s: Series) -> str:
     """The series as aligned text, one exposure a line."""
     head = ["obsid", "seq", "time (UTC)", "airmass", s.metric, "status"]
@@ -58,15 +53,13 @@ def table(s: Series) -> str:
             s.obsid[i],
             str(int(s.seqnum[i])),
             _time(s.mjd[i]),
-            _num(s.airmass[i]),
-            _num(s.y[i]),
+            number(float(s.airmass[i])),
+            number(float(s.y[i])),
             s.status[i] or "-",
         ]
         for i in range(len(s))
     ]
-    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
-    return "\n".join(lines)
+    return aligned([head, *rows])
 
 
 def render_png(s: Series, path: str, size: tuple[int, int] = (1000, 500)) -> None:
@@ -144,9 +137,9 @@ def run(args) -> int:
     lo, hi = (float(f.y.min()), float(f.y.max())) if len(f) else (math.nan, math.nan)
     slope = s.slope()
     per = {"time": "per day", "seq": "per exposure", "airmass": "per unit airmass"}[s.vs]
-    print(f"\n{sparkline(s.y)}  {_num(lo)} .. {_num(hi)}  ({len(s)} exposures)")
+    print(f"\n{sparkline(s.y)}  {number(lo)} .. {number(hi)}  ({len(s)} exposures)")
     if math.isfinite(slope):
-        print(f"slope {_num(slope)} {per}")
+        print(f"slope {number(float(slope))} {per}")
     if args.png:
         render_png(s, args.png)
         print(f"-> {args.png}")
