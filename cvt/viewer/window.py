@@ -637,9 +637,13 @@ class ViewerWindow(QMainWindow):
         self.progress_label.setText(f"cannot open: {msg}")
         self.open_failed.emit(msg)
 
+    def _if_shown(self, exposure, handle):
+        """``handle`` for a result about ``exposure``, dropped if another one is shown by then
+        (not merely asked for: an open that fails leaves this one on screen)."""
+        return lambda res: handle(res) if self.exposure is exposure else None
+
     def _on_opened(self, result) -> None:
         exposure, layout, images, outlines = result
-        seq = self._open_seq
         self._opening = False
         self.exposure, self.layout, self.images = exposure, layout, images
         self.loader.reset(exposure, images, layout)
@@ -678,11 +682,10 @@ class ViewerWindow(QMainWindow):
             "io",
             _read_tables,
             exposure,
-            on_done=lambda res: self._on_tables(res) if seq == self._open_seq else None,
-            on_error=lambda e: (
-                self._on_tables(({}, {}, None, {"metrics and sources": describe_error(e)}))
-                if seq == self._open_seq
-                else None
+            on_done=self._if_shown(exposure, self._on_tables),
+            on_error=self._if_shown(
+                exposure,
+                lambda e: self._on_tables(({}, {}, None, {"metrics and sources": describe_error(e)})),
             ),
         )
         self.sky = None
@@ -691,8 +694,10 @@ class ViewerWindow(QMainWindow):
             sky_of,
             exposure,
             images,
-            on_done=self._on_sky,
-            on_error=lambda e: self._on_sky((None, f"header unreadable: {e}")),
+            on_done=self._if_shown(exposure, self._on_sky),
+            on_error=self._if_shown(
+                exposure, lambda e: self._on_sky((None, f"header unreadable: {e}"))
+            ),
         )
         self.follow_controls.opened(self.url, exposure)
         self.trend.opened(exposure)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.exposure import open_exposure
 from cvt.viewer.tiles import TileKey
 from tests.cvt.conftest import damaged_copy, open_and_settle, wait_settled
 from tests.cvt.test_follow import publish_copy
@@ -298,3 +299,23 @@ def test_screenshot_of_an_exposure_with_corrupt_chunks_says_what_it_could_not_re
         f"cvt view: could not read overview chunks: 1 corrupt, drawn hatched: chunk {ov_chunk}: "
         f"{len(ov_bytes) // 2} bytes where the blosc header says {len(ov_bytes)} (truncated)",
     ]
+
+
+def test_an_open_that_fails_leaves_the_shown_exposure_whole(viewer, qtbot, sim_exposure, tmp_path):
+    """Another exposure is asked for while this one's tables (metrics, sources) are still being
+    read, and cannot be opened: this one stays on screen, still gets its tables, and settles
+    (its tables had been dropped as stale, and the view waited for them for good)."""
+    path, _ = sim_exposure
+    w = viewer()
+
+    def open_another(exposure) -> None:
+        w.opened.disconnect(open_another)
+        w.open(tmp_path / "nothing.zarr")  # asked for before the tables' result comes in
+
+    w.opened.connect(open_another)
+    with qtbot.waitSignal(w.open_failed, timeout=20000) as failed:
+        w.open(path)
+    assert "nothing.zarr" in failed.args[0]
+    wait_settled(qtbot, w)
+    assert w.exposure.obsid == open_exposure(path).obsid
+    assert w.metrics and w.sources
