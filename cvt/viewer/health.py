@@ -21,13 +21,11 @@ def evaluate_rows(exposure, metrics: Mapping | None = None) -> tuple[list[dict],
     report = evaluate(table, exposure.attrs.get("image_type"))
     rows = report_rows(report)
     rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), r["detector"], r["amp"]))
-    n = {s: sum(r["status"] == s for r in rows) for s in STATUS_ORDER}
-    n_amps = len(table.get("amp", ())) if hasattr(table, "get") else 0
+    counts = {**report.counts, "amps": len(report.amps)}
     summary = (
-        f"{exposure.obsid}: {n['fail']} failing, {n['warning']} warning, {n['known']} known "
-        f"problem amps of {n_amps}"
+        f"{exposure.obsid}: {counts['fail']} failing, {counts['warning']} warning, "
+        f"{counts['known']} known problem amps of {counts['amps']}"
     )
-    counts = {**n, "ok": n_amps - sum(n.values()), "amps": n_amps}
     return rows, summary, counts
 
 
