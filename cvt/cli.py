@@ -131,8 +131,8 @@ def _die_by(signum: int) -> None:
     _run_exit_handlers()
     signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
-    os.kill(os.getpid(), signum)
-    os._exit(128 + signum)  # not reached: the signal is delivered before kill returns
+    signal.raise_signal(signum)  # to this thread, where it is not blocked: delivered at once
+    os._exit(128 + signum)  # not reached
 
 
 if __name__ == "__main__":
