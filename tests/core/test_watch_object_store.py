@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,7 +246,10 @@ def test_a_following_reader_sees_the_exposure_fill(s3, aws_env, night, tmp_path)
         assert np.isfinite(x.overview_level(3)[:]).any()
         assert x.table("metrics") == {}
         land(e1.files[1], rawdir)
-        while not views[-1][0]:
+        deadline = time.monotonic() + 120
+        while views[-1] is None or not views[-1][0]:
+            assert time.monotonic() < deadline, views[-5:]
+            time.sleep(0.02)
             views.append(seen())
     finally:
         run.halt()
