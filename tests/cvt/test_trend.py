@@ -80,15 +80,12 @@ def test_trend_png(repo, tmp_path, capsys):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     from PySide6.QtGui import QImage
 
+    from tests.cvt.test_compare import as_array
+
     image = QImage(str(png))
     assert image.width() == 1000 and 400 <= image.height() <= 600
     # the points as drawn: four ok (green) then one failing (red), each higher than the last
-    rgb = QImage(str(png)).convertToFormat(QImage.Format.Format_RGB888)
-    pixels = (
-        np.frombuffer(rgb.constBits(), np.uint8)
-        .reshape(rgb.height(), rgb.bytesPerLine())[:, : 3 * rgb.width()]
-        .reshape(rgb.height(), rgb.width(), 3)
-    )
+    pixels = as_array(image)
     points = []
     for status, colour in (("ok", (60, 170, 90)), ("fail", (220, 50, 50))):
         ys, xs = np.nonzero(np.all(pixels == colour, axis=2))

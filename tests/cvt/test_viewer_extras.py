@@ -362,7 +362,7 @@ def test_dragging_a_histogram_limit_line_sets_manual_limits(viewer, qtbot, sim_e
     open_and_settle(qtbot, w, path)
     assert w.goto("R22_S11")
     wait_settled(qtbot, w)
-    reads, before = w.loader.reads, grab(w)
+    reads, requested, before = w.loader.reads, w.loader.requested, grab(w)
     hist = w.histogram
     plot = hist.plot
     lo, hi = hist.lo_line.value(), hist.hi_line.value()
@@ -382,6 +382,7 @@ def test_dragging_a_histogram_limit_line_sets_manual_limits(viewer, qtbot, sim_e
     assert w.limits_box.currentText() == "manual"
     wait_settled(qtbot, w)
     assert grab(w) != before and w.loader.reads == reads  # re-stretched, nothing read
+    assert w.loader.requested == requested  # nor asked for
 
 
 # ---------------------------------------------------------------------------------------------
