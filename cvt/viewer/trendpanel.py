@@ -70,7 +70,8 @@ class TrendPanel(QWidget):
         lay.addLayout(top)
         lay.addWidget(self.title)
         lay.addWidget(self.plot, 1)
-        for box in (self.metric_box, self.vs_box, self.type_box, self.span_box):
+        # the span cuts the series already read (TrendControls); these ask the catalog again
+        for box in (self.metric_box, self.vs_box, self.type_box):
             box.currentTextChanged.connect(lambda _: self.choice_changed.emit())
 
     @property
@@ -166,7 +167,11 @@ class TrendControls(QObject):
         self.repo: str | None = None
         self._seq = 0
         self._shown_type: str | None = None  # the image type of the exposure on screen
+        self._full = None  # the series read, before the span cuts it (core.trend.Series)
         self.panel.choice_changed.connect(self.query)
+        self.panel.span_box.currentTextChanged.connect(
+            lambda _: self._full is not None and self._show()
+        )
         self.panel.point_clicked.connect(self._open)
         view = window.view
         view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -210,7 +215,6 @@ class TrendControls(QObject):
             metric,
             self.panel.vs,
             self.panel.image_type,
-            self.panel.span_days,
             on_done=lambda res: seq == self._seq and self._on_series(res),
             on_error=lambda exc: seq == self._seq and self.panel.show_message(f"no trend: {exc}"),
         )
@@ -220,11 +224,18 @@ class TrendControls(QObject):
         return name if name not in ("", "(none)") else DEFAULT_METRIC
 
     def _on_series(self, result) -> None:
-        metrics, image_types, series = result
-        self.panel.set_metrics(metrics, series.metric)
+        metrics, image_types, self._full = result
+        self.panel.set_metrics(metrics, self._full.metric)
         self.panel.set_image_types(image_types, self.panel.image_type)
+        self._show()
+
+    def _show(self) -> None:
+        """The series read, cut to the span picked (no new query: the catalog may be a
+        download)."""
         exposure = self.window.exposure
-        self.panel.set_series(series, exposure.obsid if exposure is not None else None)
+        self.panel.set_series(
+            self._full.last(self.panel.span_days), exposure.obsid if exposure is not None else None
+        )
         self.shown.emit()
 
     def opened(self, exposure) -> None:
@@ -236,7 +247,7 @@ class TrendControls(QObject):
         if exposure.attrs.get("image_type") != self._shown_type:
             self._follow_image_type(exposure)
             self.query()
-        elif self.panel.series is None or exposure.obsid not in self.panel.series.obsid:
+        elif self._full is None or exposure.obsid not in self._full.obsid:  # new, or uncut
             self.query()
 
     def _open(self, obsid: str) -> None:
@@ -272,10 +283,9 @@ def query_trend(
     metric: str,
     vs: str,
     image_type: str | None = None,
-    days: float | None = None,
 ):
     """Worker: (metrics the catalog holds, its image types, the series of ``amp``'s ``metric``
-    for ``image_type`` (None: all) over the last ``days`` of it (None: all))."""
+    for ``image_type`` (None: all))."""
     from core.catalog import open_catalog
     from core.trend import series
 
@@ -284,4 +294,4 @@ def query_trend(
         if metric not in metrics:
             metric = DEFAULT_METRIC if DEFAULT_METRIC in metrics else (metrics or [metric])[0]
         s = series(cat, amp, metric, vs, image_type=image_type)
-        return metrics, cat.image_types(), s.last(days)
+        return metrics, cat.image_types(), s

@@ -137,9 +137,11 @@ def test_trend_dock_filters_by_image_type_and_span(viewer, qtbot, mixed):
         "all types", "BIAS", "FLAT"
     ]  # fmt: skip
     assert panel.series.obsid == old + night
+    queries = w.trend._seq
     with qtbot.waitSignal(w.trend.shown, timeout=60000):
         panel.span_box.setCurrentText("last week")
     assert panel.series.obsid == night
+    assert w.trend._seq == queries  # cut from the series read: the catalog is not asked again
     with qtbot.waitSignal(w.trend.shown, timeout=60000):
         panel.type_box.setCurrentText("all types")
     assert panel.series.obsid == sorted(night + flats)
