@@ -1488,7 +1488,8 @@ class ViewerWindow(QMainWindow):
         self._hover_loc = loc
         self._set_status(self._hover_text(loc))
         if loc.detector and not loc.absent:
-            self._request_pixel(loc.detector, loc.row, loc.col)
+            if not self._final_absent_under(loc):  # else the status says why, and no read can
+                self._request_pixel(loc.detector, loc.row, loc.col)
             self._request_header()
             self.overscan.follow(loc.detector)
 
@@ -1527,31 +1528,39 @@ class ViewerWindow(QMainWindow):
             parts.append(sky)
         return "   ".join(parts)
 
+    def _tiles_under(self, loc):
+        """(level, tile key, row and column in the tile) of the pixel under the cursor, finest
+        level first."""
+        src = self.layout.sources.get(loc.detector)
+        for level in range(src.n_levels if src is not None else 0):
+            r, c = loc.row >> level, loc.col >> level
+            cy, cx = src.chunks[level]
+            yield level, TileKey(loc.detector, level, r // cy, c // cx), r % cy, c % cx
+
     def _absent_under(self, loc) -> str | None:
         """Why the tile drawn under the cursor has no data (a missing chunk, a read error)."""
-        src = self.layout.sources.get(loc.detector)
-        if src is None or not self._absent_tiles:
+        if not self._absent_tiles:
             return None
-        for level in range(src.n_levels):
-            cy, cx = src.chunks[level]
-            key = TileKey(loc.detector, level, (loc.row >> level) // cy, (loc.col >> level) // cx)
+        for _, key, _, _ in self._tiles_under(loc):
             tile = self._absent_tiles.get(key)
             if tile is not None:
                 return tile.absent
         return None
 
+    def _final_absent_under(self, loc) -> bool:
+        """The level-0 chunk under the cursor is known to be missing or corrupt for good: the
+        exact pixel's read would only fail again (over HTTP, one more request a mouse move)."""
+        for _, key, _, _ in self._tiles_under(loc):
+            tile = self._absent_tiles.get(key)
+            return tile is not None and not will_retry(tile)
+        return False
+
     def _shown_value(self, loc):
         """The value under the cursor from the finest tile in memory (no read)."""
-        src = self.layout.sources.get(loc.detector)
-        if src is None:
-            return None
-        for level in range(src.n_levels):
-            r, c = loc.row >> level, loc.col >> level
-            cy, cx = src.chunks[level]
-            key = TileKey(loc.detector, level, r // cy, c // cx)
+        for level, key, y, x in self._tiles_under(loc):
             tile = self.view.shown_tile(key)[0] or self.cache.get(key)
             if tile is not None and tile.data is not None:
-                return float(tile.data[r % cy, c % cx]), level
+                return float(tile.data[y, x]), level
         return None
 
     def _request_pixel(self, det: str, row: int, col: int) -> None:

@@ -155,10 +155,14 @@ def _scale_and_area(w):
     return 1.0 / w.view.pixel_size(), QRectF(x0, y0, x1 - x0, y1 - y0)
 
 
-def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, tmp_path):
+def test_summary_and_damage_over_http(
+    viewer, qtbot, sim_exposure, sim_failed, tmp_path, monkeypatch
+):
     """The same through ``cvt serve``: a damaged exposure says what it cannot read, a missing
-    chunk reads out as missing (the server's 404, not zarr's fill value), and the summary of
-    the next exposure names its failed CCD."""
+    chunk reads out as missing (the server's 404, not zarr's fill value; the exact pixel is not
+    asked for again under the cursor), and the summary of the next exposure names its failed
+    CCD."""
+    import cvt.viewer.window
     from core import remote
     from tests.cvt.test_remote_view import free_port, start_server, stop_server
 
@@ -185,10 +189,13 @@ def test_summary_and_damage_over_http(viewer, qtbot, sim_exposure, sim_failed, t
         w.view.set_rect((ox + 100, oy + 100, ox + 900, oy + 700))
         wait_settled(qtbot, w, timeout=60000)
         assert w.chunk_labels._texts == ["missing chunk"]
+        pixel_reads, read = [], cvt.viewer.window._pixel
+        monkeypatch.setattr(cvt.viewer.window, "_pixel", lambda *a: pixel_reads.append(a) or read(*a))
         mouse_to(qtbot, w, ox + 300.5, oy + 300.5)
         qtbot.waitUntil(lambda: "no data (missing chunk)" in w.status_text, timeout=10000)
         qtbot.waitUntil(lambda: not w._pixel_busy, timeout=10000)
         assert "no data (missing chunk)" in w.status_text and "corrected" not in w.status_text
+        assert pixel_reads == []
         # the next exposure of the server's repository: its summary, its failed CCD
         w.summary_action.trigger()
         with qtbot.waitSignal(w.opened, timeout=30000):
