@@ -7,13 +7,13 @@ import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 from core.exposure import open_exposure
 from core.ingest import ingest
 from core.simulate import simulate_exposure
 from core.watch import Watcher
+from tests.core.test_watch import assert_same_store
 
 distributed = pytest.importorskip("distributed")
 
@@ -28,22 +28,6 @@ def cluster():
         yield c
 
 
-def assert_same_exposure(a, b) -> None:
-    assert a.detector_names == b.detector_names
-    for name in a.detector_names:
-        da, db = a.detector(name), b.detector(name)
-        for level in range(da.n_levels):
-            np.testing.assert_array_equal(da.level(level)[:], db.level(level)[:])
-        np.testing.assert_array_equal(da.raw_segments(), db.raw_segments())
-    for i in range(len(a.overview_attrs["factors"])):
-        np.testing.assert_array_equal(a.overview_level(i)[:], b.overview_level(i)[:])
-    for table in ("metrics", "sources"):
-        ta, tb = a.table(table), b.table(table)
-        assert list(ta) == list(tb)
-        for col in ta:
-            np.testing.assert_array_equal(ta[col], tb[col])
-
-
 def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     sim = simulate_exposure(
         tmp_path / "raw", camera="ComCam", detectors=DETECTORS, seed=11, workers=2
@@ -55,7 +39,7 @@ def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     assert unreadable == [] and remote[0].ok and not remote[0].failures
     a, b = open_exposure(local[0].path), open_exposure(remote[0].path)
     assert b.obsid == sim.obsid and b.complete
-    assert_same_exposure(a, b)
+    assert_same_store(a, b)
     assert len(b.table("metrics")["amp"]) == 16 * len(DETECTORS)
     assert len(b.table("sources")) > 0
 
@@ -77,7 +61,7 @@ def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     stop.set()
     thread.join(10)
     assert [d.obsid for d in done] == [sim.obsid] and watcher.errors == []
-    assert_same_exposure(a, open_exposure(done[0].path))
+    assert_same_store(a, open_exposure(done[0].path))
 
 
 def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_path, monkeypatch):
@@ -119,7 +103,7 @@ def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_pa
     assert done[0].path == f"{url}/{sim.obsid}.zarr"
     x = open_exposure(done[0].path)
     assert x.complete
-    assert_same_exposure(open_exposure(local[0].path), x)
+    assert_same_store(open_exposure(local[0].path), x)
     assert [r["obsid"] for r in query_exposures(url)] == [sim.obsid]
     s3fs.S3FileSystem.clear_instance_cache()
 
