@@ -37,3 +37,19 @@ def moto_s3():
     }
     yield options, env
     server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_s3, monkeypatch, tmp_path):
+    """moto's S3 through the standard AWS variables in this process too (s3fs without options),
+    the user's cache (remote chunks, a URL's watcher state) in tmp, and no s3fs instance kept
+    from before them or left after. Yields the variables."""
+    import s3fs
+
+    _, env = moto_s3
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield env
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -64,7 +64,7 @@ def test_dask_cluster_ingests_what_the_local_path_does(cluster, tmp_path):
     assert_same_store(a, open_exposure(done[0].path))
 
 
-def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_path, monkeypatch):
+def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, aws_env, tmp_path):
     """``cvt watch --repo s3://... --scheduler``: the cluster's workers write the CCDs into the
     object store (moto's S3 server), reaching it through the standard AWS variables alone, and
     the exposure is the one the local path makes in a folder; its catalog is in the bucket."""
@@ -75,9 +75,6 @@ def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_pa
     from core.catalog import query_exposures
 
     options, env = moto_s3
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
     s3fs.S3FileSystem(skip_instance_cache=True, **options).mkdir("cvt-dask")
 
     def set_env() -> None:  # what a deployment does with the workers' environment
@@ -105,7 +102,6 @@ def test_the_watcher_on_a_cluster_fills_an_object_store(cluster, moto_s3, tmp_pa
     assert x.complete
     assert_same_store(open_exposure(local[0].path), x)
     assert [r["obsid"] for r in query_exposures(url)] == [sim.obsid]
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_the_watcher_asks_the_cluster_its_size_once_a_round(cluster, tmp_path):

@@ -30,20 +30,6 @@ def s3(moto_s3):
     return env, options
 
 
-@pytest.fixture
-def aws_env(s3, monkeypatch):
-    """The standard AWS variables set in this process too (s3fs without options), and no s3fs
-    instance kept from before them."""
-    import s3fs
-
-    env, _ = s3
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     out = tmp_path_factory.mktemp("objstore") / "raw"
@@ -104,7 +90,7 @@ def test_an_object_store_exposure_is_filling_until_published_and_gone_if_abandon
     assert list_exposures(url, storage_options=options) == ["XX_C_20990101_000001"]
 
 
-def test_the_catalog_of_an_object_store_repository(aws_env, raw):
+def test_the_catalog_of_an_object_store_repository(s3, aws_env, raw):
     """Written beside the exposures (fetched, changed, put back) and read like any remote one;
     nothing lands in a local folder named after the URL."""
     from core.catalog import query_exposures, rebuild

@@ -53,21 +53,6 @@ def s3(moto_s3):
     return env, options
 
 
-@pytest.fixture
-def aws_env(s3, monkeypatch, tmp_path):
-    """The standard AWS variables set in this process too (s3fs without options), no s3fs
-    instance kept from before them, and the user's cache (a URL's default state) in tmp."""
-    import s3fs
-
-    env, _ = s3
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield
-    s3fs.S3FileSystem.clear_instance_cache()
-
-
 @pytest.fixture(scope="module")
 def night(tmp_path_factory):
     """A science exposure, and a bias in RICE whose second CCD's data is corrupt."""
