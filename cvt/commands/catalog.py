@@ -42,7 +42,7 @@ def run(args) -> int:
     try:
         with open_catalog(args.repo) as cat:
             if args.detector:
-                metrics = [cat.resolve_metric(m) for m in args.metric]
+                metrics = list(dict.fromkeys(cat.resolve_metric(m) for m in args.metric))
                 rows = cat.query_detector(
                     args.detector, metrics, args.since, args.until, args.image_type
                 )
@@ -55,7 +55,7 @@ def run(args) -> int:
         if not rows:
             print(f"no amps of {args.detector} in the catalog of {args.repo}", file=sys.stderr)
             return 1
-        print(amp_table(rows, list(dict.fromkeys(metrics))))
+        print(amp_table(rows, metrics))
         return 0
     for r in rows:
         health = f"ok {r['n_ok']} warn {r['n_warning']} fail {r['n_fail']}"
