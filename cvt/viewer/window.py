@@ -595,8 +595,9 @@ class ViewerWindow(QMainWindow):
 
     def open(self, url: str | os.PathLike, keep_view: bool = False) -> None:
         """Open an exposure (path or URL); returns at once, the work is on a worker. With
-        ``keep_view`` the view stays where it is (the same exposure again, grown)."""
-        self.url = os.fspath(url)
+        ``keep_view`` the view stays where it is (the same exposure again, grown). ``url``
+        becomes the window's once the exposure is shown (an open that fails leaves it alone)."""
+        url = os.fspath(url)
         self._t_open = time.perf_counter()
         self._first_frame_at = None
         self._settled_emitted = False
@@ -608,13 +609,13 @@ class ViewerWindow(QMainWindow):
         # objects, a 25-40 ms collection on the io thread each time the threshold came round):
         # they are frozen unscanned once the layout is in, and collections resume then
         gc.disable()
-        self.progress_label.setText(f"opening {self.url}")
+        self.progress_label.setText(f"opening {url}")
         seq = self._open_seq
         self.runner.submit(
             "io",
             _open,
-            self.url,
-            on_done=lambda res: self._on_opened(res) if seq == self._open_seq else None,
+            url,
+            on_done=lambda res: self._on_opened(res, url) if seq == self._open_seq else None,
             on_error=lambda e: self._on_open_error(e) if seq == self._open_seq else None,
         )
 
@@ -642,8 +643,9 @@ class ViewerWindow(QMainWindow):
         (not merely asked for: an open that fails leaves this one on screen)."""
         return lambda res: handle(res) if self.exposure is exposure else None
 
-    def _on_opened(self, result) -> None:
+    def _on_opened(self, result, url: str) -> None:
         exposure, layout, images, outlines = result
+        self.url = url
         self._opening = False
         self.exposure, self.layout, self.images = exposure, layout, images
         self.loader.reset(exposure, images, layout)

@@ -311,7 +311,8 @@ def test_screenshot_of_an_exposure_with_corrupt_chunks_says_what_it_could_not_re
 def test_an_open_that_fails_leaves_the_shown_exposure_whole(viewer, qtbot, sim_exposure, tmp_path):
     """Another exposure is asked for while this one's tables (metrics, sources) are still being
     read, and cannot be opened: this one stays on screen, still gets its tables, and settles
-    (its tables had been dropped as stale, and the view waited for them for good)."""
+    (its tables had been dropped as stale, and the view waited for them for good); the window's
+    URL is still this one's (it had become the one that failed)."""
     path, _ = sim_exposure
     w = viewer()
 
@@ -325,4 +326,5 @@ def test_an_open_that_fails_leaves_the_shown_exposure_whole(viewer, qtbot, sim_e
     assert "nothing.zarr" in failed.args[0]
     wait_settled(qtbot, w)
     assert w.exposure.obsid == open_exposure(path).obsid
+    assert w.url == str(path)  # navigating, following, trends go on from the one shown
     assert w.metrics and w.sources
